@@ -1,0 +1,89 @@
+"""Command line: ``python -m airflow_provider_mai.emulator --port 8790 --api-key KEY``."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from airflow_provider_mai.emulator.server import DEFAULT_DEPLOYMENTS, MODELS, MaiEmulator
+
+
+def _deployment(text: str) -> tuple[str, str]:
+    name, sep, model = text.partition("=")
+    if not sep or not name or model not in MODELS:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=MODEL with MODEL one of {', '.join(MODELS)}; got {text!r}"
+        )
+    return name, model
+
+
+def _latency(text: str) -> float | tuple[float, float]:
+    low, sep, high = text.partition("-")
+    try:
+        return (float(low), float(high)) if sep else float(low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SECONDS or LOW-HIGH, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The emulator's command-line options."""
+    parser = argparse.ArgumentParser(
+        prog="python -m airflow_provider_mai.emulator",
+        description="Serve a local emulation of the Microsoft Foundry MAI image API.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8790, help="port (default 8790; 0 picks a free one)")
+    parser.add_argument("--api-key", default="emulator-key", help="API key to accept (default emulator-key)")
+    parser.add_argument("--any-key", action="store_true", help="accept any non-empty API key")
+    parser.add_argument(
+        "--rpm", type=int, default=None, help="requests per minute per deployment (default: no limit)"
+    )
+    parser.add_argument(
+        "--latency",
+        type=_latency,
+        default=0.0,
+        help="seconds per answer, or a LOW-HIGH range (the real service takes ~40 s at 1024x1024)",
+    )
+    parser.add_argument(
+        "--deployment",
+        type=_deployment,
+        action="append",
+        default=None,
+        metavar="NAME=MODEL",
+        help="a deployment (repeatable); default: "
+        + ", ".join(f"{k}={v}" for k, v in DEFAULT_DEPLOYMENTS.items()),
+    )
+    parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the emulator until SIGINT or SIGTERM."""
+    args = build_parser().parse_args(argv)
+    emulator = MaiEmulator(
+        host=args.host,
+        port=args.port,
+        api_key=None if args.any_key else args.api_key,
+        deployments=dict(args.deployment) if args.deployment else None,
+        rpm=args.rpm,
+        latency=args.latency,
+        verbose=args.verbose,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    emulator.start()
+    print(f"MAI emulator listening on {emulator.url}", flush=True)
+    print("deployments: " + ", ".join(f"{k} ({v})" for k, v in emulator.deployments.items()), flush=True)
+    try:
+        stop.wait()
+    finally:
+        emulator.stop()
+        print("MAI emulator stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Provider metadata read by Airflow's providers manager (entry point ``apache_airflow_provider``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: Connection form fields (Airflow >= 3.2 reads them declaratively; the hook builds the older
+#: wtforms widgets from this same table, so the two forms cannot drift apart).
+CONN_FIELDS: dict[str, dict[str, Any]] = {
+    "deployment": {
+        "label": "Deployment",
+        "description": "Default deployment name (chosen at deploy time), used when a task names no model.",
+        "schema": {"type": ["string", "null"]},
+    },
+    "auth_type": {
+        "label": "Auth type",
+        "description": "api_key or entra_id. Empty: api_key when an API key is set, else entra_id.",
+        "schema": {"type": ["string", "null"], "enum": ["api_key", "entra_id", None]},
+    },
+    "tenant_id": {
+        "label": "Tenant ID",
+        "description": "Entra ID service principal: directory (tenant) id.",
+        "schema": {"type": ["string", "null"]},
+    },
+    "client_id": {
+        "label": "Client ID",
+        "description": "Entra ID service principal: application (client) id.",
+        "schema": {"type": ["string", "null"]},
+    },
+    "client_secret": {
+        "label": "Client secret",
+        "description": "Entra ID service principal: client secret.",
+        "schema": {"type": ["string", "null"], "format": "password"},
+    },
+    "managed_identity_client_id": {
+        "label": "Managed identity client ID",
+        "description": "Client id of a user-assigned managed identity. With no identity and no service "
+        "principal, DefaultAzureCredential is used.",
+        "schema": {"type": ["string", "null"]},
+    },
+    "timeout": {
+        "label": "Timeout (s)",
+        "description": "Seconds to wait for one response. Generations take ~40 s at the median and "
+        "have been seen past 100 s.",
+        "schema": {"type": ["number", "null"], "default": 300},
+    },
+    "max_retries": {
+        "label": "Max retries",
+        "description": "Retries of a transient failure (429, 408, 5xx, dropped connection).",
+        "schema": {"type": ["integer", "null"], "default": 5},
+    },
+    "ca_bundle": {
+        "label": "CA bundle path",
+        "description": "Path to a PEM CA bundle for a TLS-inspecting corporate proxy. Verification "
+        "always stays on.",
+        "schema": {"type": ["string", "null"]},
+    },
+}
+
+UI_FIELD_BEHAVIOUR: dict[str, Any] = {
+    "hidden-fields": ["schema", "port", "login"],
+    "relabeling": {"host": "Endpoint", "password": "API key"},
+    "placeholders": {
+        "host": "https://<resource-name>.services.ai.azure.com",
+        "password": "API key (leave empty for Microsoft Entra ID)",
+        "deployment": "my-mai-image-2-5",
+        "auth_type": "api_key",
+        "tenant_id": "00000000-0000-0000-0000-000000000000",
+        "client_id": "00000000-0000-0000-0000-000000000000",
+        "managed_identity_client_id": "00000000-0000-0000-0000-000000000000",
+        "timeout": "300",
+        "max_retries": "5",
+    },
+}
+
+
+def get_provider_info() -> dict[str, Any]:
+    """Describe the provider to Airflow: name, versions, connection type, hooks and operators."""
+    from airflow_provider_mai import __version__
+
+    return {
+        "package-name": "airflow-provider-mai",
+        "name": "Microsoft Foundry MAI image models",
+        "description": "Generate and edit images with Microsoft Foundry's MAI image models "
+        "(MAI-Image-2.5, 2.5-Flash, 2e, 2).",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "Microsoft Foundry MAI",
+                "external-doc-url": "https://learn.microsoft.com/azure/ai-foundry/",
+                "tags": ["ai", "azure"],
+            }
+        ],
+        "hooks": [
+            {
+                "integration-name": "Microsoft Foundry MAI",
+                "python-modules": ["airflow_provider_mai.hooks.mai"],
+            }
+        ],
+        "operators": [
+            {
+                "integration-name": "Microsoft Foundry MAI",
+                "python-modules": ["airflow_provider_mai.operators.mai"],
+            }
+        ],
+        "connection-types": [
+            {
+                "connection-type": "mai",
+                "hook-class-name": "airflow_provider_mai.hooks.mai.MaiHook",
+                "hook-name": "Microsoft Foundry MAI",
+                "conn-fields": CONN_FIELDS,
+                "ui-field-behaviour": UI_FIELD_BEHAVIOUR,
+            }
+        ],
+    }

@@ -1,0 +1,131 @@
+"""Checks the service documents, applied before any request is sent (no quota spent on bad input).
+
+Also the byte-level image checks: the type of an image is read from its bytes, never its name.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from airflow_provider_mai.exceptions import MaiValidationError
+
+MIN_SIDE = 768
+MAX_PIXELS = 1_048_576
+#: The service accepts 32,000 tokens of prompt. Tokens cannot be counted exactly client-side;
+#: at ~4 characters a token this many characters is certainly past the limit.
+MAX_PROMPT_CHARS = 128_000
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+
+
+def validate_prompt(prompt: Any) -> str:
+    """Return the prompt if it is a non-empty string within the documented length."""
+    if not isinstance(prompt, str):
+        raise MaiValidationError(f"prompt must be a string, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise MaiValidationError("prompt is empty: describe the image to generate or the edit to make")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise MaiValidationError(
+            f"prompt has {len(prompt):,} characters; the service accepts at most 32,000 tokens "
+            f"(about {MAX_PROMPT_CHARS:,} characters)"
+        )
+    return prompt
+
+
+def coerce_dimension(name: str, value: Any) -> int:
+    """Turn a width/height (int, or a string rendered by a template) into an int, or explain why not."""
+    if isinstance(value, bool):
+        raise MaiValidationError(f"{name} must be a whole number of pixels, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lstrip("+").isdigit():
+            return int(text)
+    raise MaiValidationError(f"{name} must be a whole number of pixels, got {value!r}")
+
+
+def validate_size(width: Any, height: Any) -> tuple[int, int]:
+    """Apply the documented size rule: each side >= 768 and width * height <= 1,048,576."""
+    w = coerce_dimension("width", width)
+    h = coerce_dimension("height", height)
+    rule = f"each side at least {MIN_SIDE} px and width x height at most {MAX_PIXELS:,} px"
+    for name, side in (("width", w), ("height", h)):
+        if side < MIN_SIDE:
+            raise MaiValidationError(f"{name}={side} is too small: the service needs {rule}")
+    if w * h > MAX_PIXELS:
+        raise MaiValidationError(
+            f"{w}x{h} is {w * h:,} px, too many: the service needs {rule} (e.g. 1024x1024, 768x1365)"
+        )
+    return w, h
+
+
+def image_mime_type(data: bytes) -> str | None:
+    """``image/png`` or ``image/jpeg`` judged by the bytes, else None."""
+    if data.startswith(PNG_SIGNATURE):
+        return "image/png"
+    if data.startswith(JPEG_SIGNATURE):
+        return "image/jpeg"
+    return None
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk; ValueError when the bytes are not a PNG."""
+    if len(data) < 24 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        raise ValueError("not a PNG image")
+    width, height = struct.unpack(">II", data[16:24])
+    if width == 0 or height == 0:
+        raise ValueError("PNG header gives a zero size")
+    return width, height
+
+
+def _jpeg_has_frame(data: bytes) -> bool:
+    """Walk JPEG markers to a start-of-frame, so a lone signature does not pass as an image."""
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return False
+        marker = data[i + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return i + 2 + length <= len(data) and length >= 8
+        i += 2 + length
+    return False
+
+
+def validate_edit_image(data: Any) -> str:
+    """Check that edit input is a real PNG or JPEG; return its MIME type."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise MaiValidationError(f"edit input must be image bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if not data:
+        raise MaiValidationError("edit input is empty (0 bytes)")
+    mime = image_mime_type(data)
+    if mime == "image/png":
+        try:
+            png_size(data)
+        except ValueError:
+            raise MaiValidationError(
+                "edit input starts like a PNG but its header is truncated or broken"
+            ) from None
+        return mime
+    if mime == "image/jpeg":
+        if not _jpeg_has_frame(data):
+            raise MaiValidationError("edit input starts like a JPEG but has no image frame (truncated?)")
+        return mime
+    head = data[:12]
+    kind = (
+        "GIF"
+        if head.startswith((b"GIF87a", b"GIF89a"))
+        else "WebP"
+        if head.startswith(b"RIFF") and head[8:12] == b"WEBP"
+        else "not an image"
+    )
+    raise MaiValidationError(f"edit input must be PNG or JPEG (judged by its bytes); this is {kind}")
