@@ -52,7 +52,7 @@ def _open_path(location: str | os.PathLike[str]) -> ObjectStoragePath:
 
     if isinstance(location, ObjectStoragePath):
         return location
-    text = os.fspath(location)
+    text = str(location) if not isinstance(location, (str, os.PathLike)) else os.fspath(location)
     if "://" not in text:
         # A plain local path: make it absolute so the stored location means the same everywhere.
         text = "file://" + str(Path(text).expanduser().resolve())
@@ -78,12 +78,15 @@ def read_image_source(source: ImageSource) -> LoadedImage:
         )
     if isinstance(source, str) and not source.strip():
         raise MaiValidationError("edit input path is empty")
-    if not isinstance(source, (str, os.PathLike)):
+    if isinstance(source, (str, os.PathLike)):
+        path = _open_path(source)
+    elif hasattr(source, "read_bytes") and hasattr(source, "protocol"):  # ObjectStoragePath / UPath
+        path = source
+    else:
         raise MaiValidationError(
             f"edit input must be bytes, a path, a URI, an ObjectStoragePath or a MAI result; "
             f"got {type(source).__name__}"
         )
-    path = _open_path(source)
     try:
         return LoadedImage(path.read_bytes(), str(path))
     except FileNotFoundError:

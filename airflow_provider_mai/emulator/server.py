@@ -268,7 +268,12 @@ class MaiEmulator:
         """Bind and serve in a background thread; it accepts requests when this returns."""
         self._stopping.clear()
         self._server = _Server((self._host, self._port), self, self._max_concurrency)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="mai-emulator", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="mai-emulator",
+            daemon=True,
+        )
         self._thread.start()
         return self
 

@@ -563,22 +563,21 @@ class MaiHook(BaseHook):
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
-        """Connection form fields for the Airflow UI (older 3.x; newer reads provider info)."""
-        from flask_appbuilder.fieldwidgets import BS3PasswordFieldWidget, BS3TextFieldWidget
+        """Connection form fields for Airflow < 3.2 (3.2+ reads ``CONN_FIELDS`` from provider info)."""
         from wtforms import IntegerField, PasswordField, StringField
         from wtforms.validators import Optional
 
         widgets: dict[str, Any] = {}
         for name, spec in CONN_FIELDS.items():
             schema = spec["schema"]
-            label = spec["label"]
             if schema.get("format") == "password":
-                widget = PasswordField(label, widget=BS3PasswordFieldWidget())
+                widgets[name] = PasswordField(spec["label"], description=spec["description"])
             elif "integer" in schema["type"]:
-                widget = IntegerField(label, validators=[Optional()], widget=BS3TextFieldWidget())
+                widgets[name] = IntegerField(
+                    spec["label"], validators=[Optional()], description=spec["description"]
+                )
             else:
-                widget = StringField(label, widget=BS3TextFieldWidget())
-            widgets[name] = widget
+                widgets[name] = StringField(spec["label"], description=spec["description"])
         return widgets
 
     @classmethod

@@ -1,0 +1,72 @@
+"""Shared fixtures: a fresh emulator per test, connections pointed at it, an isolated AIRFLOW_HOME."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+# Airflow reads its home and config at import: isolate them before anything imports airflow.
+_HOME = Path(os.environ.get("MAI_TEST_AIRFLOW_HOME") or tempfile.mkdtemp(prefix="mai-airflow-home-"))
+os.environ["AIRFLOW_HOME"] = str(_HOME)
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parents[1] / "dags")
+os.environ.setdefault("AIRFLOW__CORE__TEST_CONNECTION", "Enabled")
+
+import pytest  # noqa: E402
+
+from airflow_provider_mai.emulator import MaiEmulator  # noqa: E402
+
+API_KEY = "test-key-" + "k" * 48
+
+
+@pytest.fixture
+def emulator() -> Iterator[MaiEmulator]:
+    """A running emulator on a free loopback port, with the default deployments."""
+    with MaiEmulator(api_key=API_KEY) as emu:
+        yield emu
+
+
+ConnectFn = Callable[..., str]
+
+
+@pytest.fixture
+def connect(monkeypatch: pytest.MonkeyPatch, emulator: MaiEmulator) -> ConnectFn:
+    """Define an Airflow connection (as AIRFLOW_CONN_<ID> JSON) to the emulator; returns its id.
+
+    Keyword arguments override connection fields; ``extra`` is merged into the default extras.
+    Retry delays are tiny so that backoff paths run fast.
+    """
+
+    def _connect(conn_id: str = "mai_default", **overrides: Any) -> str:
+        conn: dict[str, Any] = {
+            "conn_type": "mai",
+            "host": emulator.url,
+            "password": API_KEY,
+            "extra": {
+                "deployment": "mai-image-2-5",
+                "max_retries": 3,
+                "retry_base_delay": 0.01,
+                "retry_max_delay": 0.05,
+            },
+        }
+        extra = overrides.pop("extra", {})
+        conn.update(overrides)
+        conn["extra"] = {k: v for k, v in {**conn["extra"], **extra}.items() if v is not None}
+        conn = {k: v for k, v in conn.items() if v is not None}
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+        return conn_id
+
+    return _connect
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A loopback port with nothing listening on it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

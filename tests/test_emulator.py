@@ -1,0 +1,248 @@
+"""The emulator's own behaviour, spoken to with plain requests (as any client would)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from PIL import Image
+
+from airflow_provider_mai.emulator import DEFAULT_DEPLOYMENTS, Fault, MaiEmulator
+from airflow_provider_mai.emulator.render import edit_size
+from tests.conftest import API_KEY
+from tests.helpers import make_png
+
+GEN = "/mai/v1/images/generations"
+EDIT = "/mai/v1/images/edits"
+
+
+def post(emulator, path=GEN, key=API_KEY, **body):
+    payload = {"model": "mai-image-2-5", "prompt": "p", "width": 1024, "height": 1024, **body}
+    return requests.post(emulator.url + path, json=payload, headers={"api-key": key}, timeout=30)
+
+
+def decode(response) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(response.json()["data"][0]["b64_json"])))
+
+
+def test_success_body_has_the_observed_fields(emulator):
+    response = post(emulator, width=1365, height=768)
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"created", "model", "size", "usage", "data"}
+    assert body["model"] == "MAI-Image-2.5"
+    assert body["size"] == "1360x768"
+    assert set(body["usage"]) == {"num_input_text_tokens", "num_input_image_tokens", "num_output_tokens"}
+    assert decode(response).size == (1360, 768)
+    assert response.headers["x-ms-request-id"] == response.headers["apim-request-id"]
+
+
+def test_images_are_visibly_derived_from_the_prompt(emulator):
+    red = decode(post(emulator, prompt="alpha")).convert("RGB")
+    blue = decode(post(emulator, prompt="omega")).convert("RGB")
+    again = decode(post(emulator, prompt="alpha")).convert("RGB")
+    assert red.tobytes() == again.tobytes()
+    assert red.getpixel((5, 5)) != blue.getpixel((5, 5))
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        ({"api-key": "wrong"}, 401),
+        ({"Authorization": "Bearer any-token"}, 200),
+        ({"Authorization": "Bearer "}, 401),
+    ],
+)
+def test_auth(emulator, headers, status):
+    body = {"model": "mai-image-2", "prompt": "p", "width": 768, "height": 768}
+    response = requests.post(emulator.url + GEN, json=body, headers=headers, timeout=30)
+    assert response.status_code == status
+    if status == 401:
+        assert response.json()["error"]["code"] == "401"
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "message"),
+    [
+        (767, 1024, "'width' must be at least 768 pixels"),
+        (1024, 700, "'height' must be at least 768 pixels"),
+        (1025, 1024, "at most 1048576 pixels"),
+    ],
+)
+def test_size_rules_answer_400_with_the_observed_code(emulator, width, height, message):
+    response = post(emulator, width=width, height=height)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "unsupported_request_value"
+    assert message in error["message"]
+
+
+def test_unknown_deployment_and_path_are_404(emulator):
+    assert post(emulator, model="nope").json()["error"]["code"] == "DeploymentNotFound"
+    assert post(emulator, path="/mai/v1/images/variations").status_code == 404
+
+
+@pytest.mark.parametrize("param", ["seed", "negative_prompt", "response_format"])
+def test_parameters_the_service_refuses(emulator, param):
+    response = post(emulator, **{param: 1})
+    assert response.status_code == 400
+    assert param in response.json()["error"]["message"]
+
+
+def test_content_filter(emulator):
+    response = post(emulator, prompt="Please draw [VIOLENCE] here")
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "content_safety_violation"
+    assert "MultiSeverity_ViolenceScore" in error["message"]
+
+
+def edit(emulator, image: bytes, model="mai-image-2-5", mime="image/png"):
+    return requests.post(
+        emulator.url + EDIT,
+        data={"model": model, "prompt": "make it blue"},
+        files={"image": ("x", image, mime)},
+        headers={"api-key": API_KEY},
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        ((553, 311), (1360, 768)),
+        ((1024, 1024), (1024, 1024)),
+        ((311, 553), (768, 1360)),
+        ((2048, 2048), (1024, 1024)),
+    ],
+)
+def test_edits_keep_aspect_ratio_towards_one_megapixel(emulator, size, expected):
+    response = edit(emulator, make_png(*size))
+    assert response.status_code == 200
+    assert decode(response).size == expected == edit_size(*size)
+
+
+def test_edit_visibly_transforms_the_input(emulator):
+    source = make_png(1024, 1024, colour=(250, 250, 250))
+    result = decode(edit(emulator, source)).convert("RGB")
+    assert result.getpixel((512, 300)) != (250, 250, 250)
+
+
+def test_edits_refused_on_models_without_edits_and_for_non_images(emulator):
+    for model in ("mai-image-2", "mai-image-2e"):
+        response = edit(emulator, make_png(), model=model)
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "OperationNotSupported"
+    response = edit(emulator, b"GIF89a....", mime="image/gif")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_image_format"
+
+
+def test_rate_limit_is_per_deployment_over_a_sliding_minute():
+    with MaiEmulator(api_key=API_KEY, rpm=2) as emulator:
+        statuses = [post(emulator).status_code for _ in range(3)]
+        assert statuses == [200, 200, 429]
+        limited = post(emulator)
+        assert 1 <= int(limited.headers["Retry-After"]) <= 60
+        assert 0 < int(limited.headers["retry-after-ms"]) <= 60_000
+        assert "rate limit" in limited.json()["error"]["message"]
+        assert post(emulator, model="mai-image-2").status_code == 200  # another deployment's quota
+
+
+def test_faults_apply_to_the_next_requests_in_order(emulator):
+    emulator.inject(Fault(status=503, retry_after=3))
+    emulator.inject(Fault(status=200, body="<html>gateway</html>"))
+    first, second, third = post(emulator), post(emulator), post(emulator)
+    assert (first.status_code, first.headers["Retry-After"]) == (503, "3")
+    assert second.status_code == 200 and second.text.startswith("<html>")
+    assert third.status_code == 200 and third.json()["data"]
+    assert [r.fault is not None for r in emulator.requests] == [True, True, False]
+
+
+def test_dropped_connection_fault(emulator):
+    emulator.inject(Fault(drop=True))
+    with pytest.raises(requests.ConnectionError):
+        post(emulator)
+
+
+def test_truncated_body_fault(emulator):
+    emulator.inject(Fault(truncate=True))
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        post(emulator)
+
+
+def test_concurrent_requests_are_served_in_parallel():
+    with MaiEmulator(api_key=API_KEY, latency=0.5) as emulator:
+        started = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(
+                pool.map(
+                    lambda i: post(emulator, prompt=f"p{i}", width=768, height=768).status_code, range(8)
+                )
+            )
+        elapsed = time.monotonic() - started
+    assert statuses == [200] * 8
+    assert elapsed < 0.5 * 8 / 2  # far less than one after another
+
+
+def test_health_endpoint_lists_deployments(emulator):
+    body = requests.get(emulator.url + "/healthz", timeout=5).json()
+    assert body["deployments"] == DEFAULT_DEPLOYMENTS
+
+
+def test_unknown_model_in_deployments_is_refused():
+    with pytest.raises(ValueError, match="unknown model"):
+        MaiEmulator(deployments={"x": "MAI-Image-9"})
+
+
+def test_cli_prints_url_serves_and_stops_on_sigterm(free_port):
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "airflow_provider_mai.emulator",
+            "--port",
+            str(free_port),
+            "--api-key",
+            "cli-key",
+            "--deployment",
+            "brand-shots=MAI-Image-2.5-Flash",
+            "--rpm",
+            "5",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        first_line = process.stdout.readline().strip()
+        assert first_line == f"MAI emulator listening on http://127.0.0.1:{free_port}"
+        body = {"model": "brand-shots", "prompt": "p", "width": 768, "height": 768}
+        response = requests.post(
+            first_line.rsplit(" ", 1)[1] + GEN, json=body, headers={"api-key": "cli-key"}, timeout=30
+        )
+        assert response.json()["model"] == "MAI-Image-2.5-Flash"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_connection_uri_points_an_airflow_connection_at_the_emulator(emulator):
+    conn = json.loads(emulator.connection_uri())
+    assert conn["host"] == emulator.url
+    assert conn["password"] == API_KEY
+    assert conn["extra"]["deployment"] in DEFAULT_DEPLOYMENTS
