@@ -95,6 +95,10 @@ class MaiConfigurationError(MaiPermanentError):
     """The Airflow connection is unusable (missing host, clear-text remote endpoint, bad extra)."""
 
 
+class MaiOutputExistsError(MaiPermanentError):
+    """The output location already holds an image and ``if_exists="fail"`` was asked for."""
+
+
 class MaiBadRequestError(MaiPermanentError):
     """The service answered 400: the request is invalid (size rules, unsupported parameter...)."""
 

@@ -143,8 +143,33 @@ def read_sidecar(png_path: ObjectStoragePath) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) else None
 
 
+def _is_local(path: ObjectStoragePath) -> bool:
+    return path.protocol in ("file", "local", "")
+
+
+def check_writable(path: ObjectStoragePath) -> None:
+    """Fail early (before any quota is spent) when a local output location cannot be written.
+
+    Object stores are checked by the write itself: their permissions cannot be read cheaply.
+    """
+    if not _is_local(path):
+        return
+    target = Path(path.path)
+    if target.is_dir():
+        raise MaiConfigurationError(
+            f"output_path {path} is an existing folder: end it with '/' to let the operator name the file"
+        )
+    ancestor = target.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise MaiConfigurationError(f"cannot write to {path}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise MaiConfigurationError(f"cannot write to {path}: no write permission on {ancestor}")
+
+
 def _atomic_write(path: ObjectStoragePath, data: bytes) -> None:
-    if path.protocol in ("file", "local", ""):
+    if _is_local(path):
         local = Path(path.path)
         local.parent.mkdir(parents=True, exist_ok=True)
         tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex}.tmp")
