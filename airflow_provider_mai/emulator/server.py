@@ -307,14 +307,21 @@ class MaiEmulator:
             self._faults.clear()
         self._limiter = _RateLimiter(self._limiter.rpm)
 
-    def connection_uri(self) -> str:
-        """A JSON Airflow connection (for ``AIRFLOW_CONN_<ID>``) pointing at this emulator."""
+    def connection_uri(self, deployment: str | None = None) -> str:
+        """A JSON Airflow connection (for ``AIRFLOW_CONN_<ID>``) pointing at this emulator.
+
+        :param deployment: the connection's default deployment; by default the first one that
+            supports edits, so that generate-then-edit pipelines work as they are.
+        """
+        if deployment is None:
+            editing = [name for name, model in self.deployments.items() if model in EDIT_MODELS]
+            deployment = (editing or list(self.deployments))[0]
         return json.dumps(
             {
                 "conn_type": "mai",
                 "host": self.url,
                 "password": self.api_key or "any-key",
-                "extra": {"deployment": next(iter(self.deployments)), "retry_base_delay": 0.05},
+                "extra": {"deployment": deployment, "retry_base_delay": 0.05},
             }
         )
 
