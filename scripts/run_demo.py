@@ -47,7 +47,10 @@ def main() -> int:
         with open(log_path, "w") as log:
             result = subprocess.run(
                 [*airflow, "dags", "test", "mai_generate_then_edit", "--conf", conf],
-                env=env, stdout=log, stderr=subprocess.STDOUT, check=False,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                check=False,
             )
         served = len(emulator.requests)
     print(f"MAI emulator stopped after {served} request(s)", flush=True)
@@ -59,7 +62,9 @@ def main() -> int:
         print(f"\nThe DAG run failed (exit {result.returncode}); full log: {log_path}", file=sys.stderr)
         return 1
     print("\n".join(landed))
-    print(f"Done in {time.monotonic() - started:.1f} s. Sidecars (.json) sit beside each PNG; log: {log_path}")
+    print(
+        f"Done in {time.monotonic() - started:.1f} s. Sidecars (.json) sit beside each PNG; log: {log_path}"
+    )
     return 0
 
 

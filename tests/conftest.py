@@ -14,7 +14,19 @@ from typing import Any
 _HOME = Path(os.environ.get("MAI_TEST_AIRFLOW_HOME") or tempfile.mkdtemp(prefix="mai-airflow-home-"))
 os.environ["AIRFLOW_HOME"] = str(_HOME)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
-os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parents[1] / "dags")
+_ROOT = Path(__file__).resolve().parents[1]
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(_ROOT / "dags")
+# dag.test() finds a DAG through the configured bundles: the examples and the suite's own DAGs.
+os.environ["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"] = json.dumps(
+    [
+        {
+            "name": name,
+            "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+            "kwargs": {"path": str(path)},
+        }
+        for name, path in (("examples", _ROOT / "dags"), ("test-dags", _ROOT / "tests" / "dags"))
+    ]
+)
 os.environ.setdefault("AIRFLOW__CORE__TEST_CONNECTION", "Enabled")
 
 import pytest  # noqa: E402
@@ -22,6 +34,21 @@ import pytest  # noqa: E402
 from airflow_provider_mai.emulator import MaiEmulator  # noqa: E402
 
 API_KEY = "test-key-" + "k" * 48
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """A migrated SQLite metadata database in the suite's AIRFLOW_HOME (made once, ~3 s)."""
+    import subprocess
+    import sys
+
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return _HOME
 
 
 @pytest.fixture
