@@ -130,9 +130,8 @@ def test_campaign_publishes_an_asset_that_schedules_the_publisher(dag_env, emula
 
     campaign = load_dag("mai_daily_campaign")
     (task,) = campaign.tasks
-    assert [o for o in task.partial_kwargs["outlets"] if isinstance(o, Asset)][
-        0
-    ].name == "mai_campaign_images"
+    assets = [o.name for o in task.partial_kwargs["outlets"] if isinstance(o, Asset)]
+    assert assets == ["mai_campaign_images"]
     run, states, _ = run_dag("mai_daily_campaign")
     assert run.state == "success", states
     images = sorted((dag_env / "campaign").rglob("*.png"))
