@@ -108,10 +108,16 @@ def default_file_name(dag_id: str, run_id: str, task_id: str, map_index: int | N
     return "__".join(parts) + ".png"
 
 
-def resolve_output_path(output_path: str | os.PathLike[str], file_name: str) -> ObjectStoragePath:
-    """The PNG's final location: ``output_path`` itself, or ``file_name`` inside it when it ends in ``/``."""
-    is_folder = os.fspath(output_path).endswith(("/", os.sep))
+def resolve_output_path(
+    output_path: str | os.PathLike[str] | ObjectStoragePath, file_name: str
+) -> ObjectStoragePath:
+    """The PNG's final location: ``output_path`` itself, or ``file_name`` inside it when it is a
+    folder (a string ending in ``/``, or an ObjectStoragePath to an existing folder)."""
     path = _open_path(output_path)
+    if isinstance(output_path, (str, os.PathLike)):
+        is_folder = os.fspath(output_path).endswith(("/", os.sep))
+    else:
+        is_folder = path.is_dir()
     return path / file_name if is_folder else path
 
 
