@@ -156,7 +156,10 @@ def _is_local(path: ObjectStoragePath) -> bool:
 def check_writable(path: ObjectStoragePath) -> None:
     """Fail early (before any quota is spent) when a local output location cannot be written.
 
-    Object stores are checked by the write itself: their permissions cannot be read cheaply.
+    The folder is created and a probe file written and removed: permission bits cannot tell
+    (root ignores them; read-only mounts and virtual file systems do not show in them).
+    Object stores are checked by the write itself: probing them would cost a request and a
+    delete permission the user may not have granted.
     """
     if not _is_local(path):
         return
@@ -170,8 +173,16 @@ def check_writable(path: ObjectStoragePath) -> None:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise MaiConfigurationError(f"cannot write to {path}: {ancestor} is a file, not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise MaiConfigurationError(f"cannot write to {path}: no write permission on {ancestor}")
+    probe = target.with_name(f".{target.name}.{uuid.uuid4().hex}.probe")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(probe, "xb"):
+            pass
+        probe.unlink()
+    except PermissionError:
+        raise MaiConfigurationError(f"cannot write to {path}: no write permission on {ancestor}") from None
+    except OSError as exc:
+        raise MaiConfigurationError(f"cannot write to {path}: {exc.strerror or exc}") from None
 
 
 def _atomic_write(path: ObjectStoragePath, data: bytes) -> None:

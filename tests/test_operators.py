@@ -248,8 +248,15 @@ def test_a_failed_run_leaves_the_earlier_image_intact_and_no_partial_files(conne
     ("kwargs", "error", "match"),
     [
         ({"width": "big"}, MaiValidationError, "whole number"),
+        ({"width": "1024.5"}, MaiValidationError, "whole number"),
         ({"width": "767"}, MaiValidationError, "too small"),
+        ({"width": 767, "height": 1365}, MaiValidationError, "too small"),
+        ({"width": 1024, "height": 767}, MaiValidationError, "too small"),
+        ({"width": 1025, "height": 1024}, MaiValidationError, "too many"),
+        ({"width": 768, "height": 1366}, MaiValidationError, "too many"),
+        ({"prompt": ""}, MaiValidationError, "empty"),
         ({"prompt": " "}, MaiValidationError, "empty"),
+        ({"prompt": "\n\t "}, MaiValidationError, "empty"),
         ({"extra_params": {"model": "x"}}, MaiValidationError, "cannot set"),
     ],
 )
@@ -266,6 +273,10 @@ def test_bad_generation_input_sends_nothing(emulator, kwargs, error, match):
         (None, "image is required"),
         ("", "image is required"),
         ({"uri": None, "b64_json": None}, "neither"),
+        ({"width": 1024, "height": 1024, "sha256": "ab"}, "neither"),
+        (b"", "empty"),
+        (b"\x89PNG\r\n\x1a\n\0\0", "truncated"),
+        (b"RIFF\0\0\0\0WEBPVP8 " + b"\0" * 40, "WebP"),
         ({"b64_json": "%%%"}, "not valid base64"),
         (b"GIF89a" + b"\0" * 32, "GIF"),
         ("/definitely/not/here.png", "not found"),
@@ -278,6 +289,31 @@ def test_bad_edit_input_sends_nothing(emulator, image, match):
     assert emulator.requests == []
 
 
+@pytest.mark.parametrize(("width", "height"), [("1024", "1024"), (" 768 ", "1365"), (1365, 768)])
+def test_templated_sizes_given_as_text_are_accepted(emulator, width, height):
+    result = MaiGenerateImageOperator(task_id="g", prompt="p", width=width, height=height).execute(context())
+    assert (result["width"], result["height"]) == (int(width) // 16 * 16, int(height) // 16 * 16)
+    assert len(emulator.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("conn", "match"),
+    [
+        ({"host": None}, "has no host"),
+        ({"host": "   "}, "has no host"),
+        ({"host": "http://mai.example.com"}, "plain http"),
+        ({"host": "ftp://mai.example.com"}, "not an http"),
+        ({"extra": {"auth_type": "certificate"}}, "auth_type must be"),
+    ],
+)
+def test_unusable_connections_send_nothing(connect, emulator, tmp_path, conn, match):
+    connect(**conn)
+    with pytest.raises(MaiConfigurationError, match=match):
+        MaiGenerateImageOperator(task_id="g", prompt="p", output_path=f"{tmp_path}/").execute(context())
+    assert emulator.requests == []
+    assert files_in(tmp_path) == []
+
+
 def test_text_file_named_png_is_refused(emulator, tmp_path):
     fake = tmp_path / "photo.png"
     fake.write_text("hello, not an image")
@@ -286,15 +322,17 @@ def test_text_file_named_png_is_refused(emulator, tmp_path):
     assert emulator.requests == []
 
 
-@pytest.mark.parametrize("where", ["under_a_file", "existing_folder_without_slash"])
+@pytest.mark.parametrize("where", ["under_a_file", "existing_folder_without_slash", "virtual_file_system"])
 def test_unwritable_output_locations_are_refused_before_sending(emulator, tmp_path, where):
     blocker = tmp_path / "blocker"
     if where == "under_a_file":
         blocker.write_text("a file")
         output = str(blocker / "sub" / "x.png")
-    else:
+    elif where == "existing_folder_without_slash":
         blocker.mkdir()
         output = str(blocker)
+    else:  # looks writable by its bits when running as root, but nothing can be created there
+        output = "/proc/mai-output/"
     with pytest.raises(MaiConfigurationError):
         MaiGenerateImageOperator(task_id="g", prompt="p", output_path=output).execute(context())
     assert emulator.requests == []
