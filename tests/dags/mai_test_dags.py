@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from functools import cached_property
 
 from airflow.sdk import DAG, Param
 
@@ -40,3 +41,42 @@ with DAG(
     default_args={"retries": 3},
 ):
     MaiGenerateImageOperator(task_id="generate", prompt="{{ params.prompt }}", width="{{ params.width }}")
+
+
+# -- secrets end to end ----------------------------------------------------------------------------
+# Azure's token service cannot run here, so the Entra ID task gets its token from a stand-in
+# credential (the token text comes from the environment of the `airflow dags test` process).
+# Everything after the credential - the hook, the HTTP call, logging, XCom - is the real thing.
+
+
+class _EnvTokenCredential:
+    """A TokenCredential issuing the token in MAI_TEST_ENTRA_TOKEN (stands in for Entra ID)."""
+
+    def get_token(self, *scopes: str, **kwargs: object):
+        import os
+        import time
+
+        from azure.core.credentials import AccessToken
+
+        return AccessToken(os.environ["MAI_TEST_ENTRA_TOKEN"], int(time.time()) + 3600)
+
+
+class _EntraGenerateOperator(MaiGenerateImageOperator):
+    @cached_property
+    def hook(self):  # type: ignore[override]
+        from airflow_provider_mai.hooks.mai import MaiHook
+
+        return MaiHook(self.mai_conn_id, credential=_EnvTokenCredential())
+
+
+with DAG("mai_test_secrets", schedule=None, start_date=START):
+    with_key = MaiGenerateImageOperator(
+        task_id="generate_with_key", prompt="A key-signed lighthouse", mai_conn_id="mai_secret_key"
+    )
+    with_token = _EntraGenerateOperator(
+        task_id="generate_with_token", prompt="A token-signed lighthouse", mai_conn_id="mai_secret_entra"
+    )
+    MaiEditImageOperator(
+        task_id="edit_with_key", image=with_token.output, prompt="At dusk", mai_conn_id="mai_secret_key"
+    )
+    MaiGenerateImageOperator(task_id="denied", prompt="Never drawn", mai_conn_id="mai_secret_wrong_key")

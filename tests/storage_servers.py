@@ -1,0 +1,154 @@
+"""Real object-store servers on loopback for the storage tests: Azurite (Azure Blob) and moto (S3).
+
+Each is started once per test session on a free port and polled until it answers. When a server
+is not installed the tests that need it skip with the reason - except under CI (``CI=true``),
+where a missing server is a failure: CI installs both (see ``scripts/test.sh`` and ``.ci/run``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+READY_TIMEOUT_S = 60.0
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{reason} (required under CI)")
+    pytest.skip(reason)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_until_answering(url: str, process: subprocess.Popen, log: Path) -> None:
+    """Poll ``url`` until any HTTP answer comes back (bounded; no blind sleeps)."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}: {log.read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except urllib.error.HTTPError:
+            return  # an HTTP error is an answer: the server is up
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"server at {url} did not answer within {READY_TIMEOUT_S:.0f} s")
+
+
+def _start(command: list[str], url: str, name: str) -> Iterator[subprocess.Popen]:
+    log = Path(tempfile.mkstemp(prefix=f"mai-{name}-", suffix=".log")[1])
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=tempfile.gettempdir())
+    try:
+        _wait_until_answering(url, process, log)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+# -- Azurite ---------------------------------------------------------------------------------------
+
+
+def azurite_binary() -> Path | None:
+    """Azurite's launcher: ``$AZURITE_BIN``, the copy ``scripts/test.sh`` installs, or one on PATH."""
+    candidates = [os.environ.get("AZURITE_BIN"), ROOT / ".ci/node/node_modules/.bin/azurite-blob"]
+    found = shutil.which("azurite-blob")
+    candidates.append(found)
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return None
+
+
+def azurite_account_key(binary: Path) -> str:
+    """The development account key, read from the installed Azurite package itself."""
+    package = binary.resolve().parents[1]  # node_modules/azurite/dist/src/... -> node_modules/azurite
+    while package.name != "azurite" and package != package.parent:
+        package = package.parent
+    constants = package / "dist/src/blob/utils/constants.js"
+    match = re.search(r'EMULATOR_ACCOUNT_KEY_STR\s*=\s*"([^"]+)"', constants.read_text())
+    if not match:
+        raise RuntimeError(f"no development account key found in {constants}")
+    return match.group(1)
+
+
+@dataclass(frozen=True)
+class Azurite:
+    """A running Azurite Blob service."""
+
+    account: str
+    key: str
+    blob_endpoint: str
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={self.account};AccountKey={self.key};"
+            f"BlobEndpoint={self.blob_endpoint};"
+        )
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    """Azurite's Blob service on a free loopback port, in memory, telemetry off."""
+    binary = azurite_binary()
+    if binary is None:
+        _unavailable("Azurite is not installed (npm install --prefix .ci/node azurite)")
+    assert binary is not None
+    port = _free_port()
+    command = [
+        str(binary),
+        "--blobHost",
+        "127.0.0.1",
+        "--blobPort",
+        str(port),
+        "--inMemoryPersistence",
+        "--disableTelemetry",
+        "--skipApiVersionCheck",
+        "--silent",
+    ]
+    endpoint = f"http://127.0.0.1:{port}/devstoreaccount1"
+    for _ in _start(command, endpoint, "azurite"):
+        yield Azurite(account="devstoreaccount1", key=azurite_account_key(binary), blob_endpoint=endpoint)
+
+
+# -- moto (S3) -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[str]:
+    """moto's server mode on a free loopback port; yields its endpoint URL."""
+    try:
+        import moto.server  # noqa: F401
+    except ImportError:
+        _unavailable("moto[server] is not installed (pip install 'moto[server]')")
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    for _ in _start(command, f"{endpoint}/moto-api/", "moto"):
+        yield endpoint

@@ -1,0 +1,166 @@
+"""The operators writing to and reading from real object stores on loopback.
+
+Azure Blob Storage is Azurite (``abfs://`` through the microsoft-azure provider and adlfs); S3 is
+moto's server mode (``s3://`` through the amazon provider and s3fs). Both are reached through
+ordinary Airflow connections, exactly as a DAG author would configure them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from types import SimpleNamespace
+
+import pytest
+from airflow.sdk import ObjectStoragePath
+
+from airflow_provider_mai.emulator import Fault
+from airflow_provider_mai.exceptions import MaiTransientError
+from airflow_provider_mai.operators.mai import MaiEditImageOperator, MaiGenerateImageOperator
+from airflow_provider_mai.validation import png_size
+from tests.storage_servers import Azurite, azurite, moto_s3  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.integration
+
+AZURE_CONN = "mai_test_azurite"
+S3_CONN = "mai_test_moto"
+
+
+def context(task_id: str, run_id: str = "scheduled__2026-11-25T06:00:00+00:00") -> dict:
+    return {"ti": SimpleNamespace(dag_id="stores", task_id=task_id, map_index=-1), "run_id": run_id}
+
+
+@pytest.fixture
+def azure_container(azurite: Azurite, monkeypatch, connect) -> str:  # noqa: F811
+    """A fresh container behind an Airflow connection of type ``wasb``; returns ``abfs://conn@container``."""
+    connect()
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{AZURE_CONN.upper()}",
+        json.dumps({"conn_type": "wasb", "extra": {"connection_string": azurite.connection_string}}),
+    )
+    from azure.storage.blob import BlobServiceClient
+
+    name = f"mai-{uuid.uuid4().hex[:12]}"
+    BlobServiceClient.from_connection_string(azurite.connection_string).create_container(name)
+    return f"abfs://{AZURE_CONN}@{name}"
+
+
+@pytest.fixture
+def s3_bucket(moto_s3: str, monkeypatch, connect) -> str:  # noqa: F811
+    """A fresh bucket behind an Airflow connection of type ``aws``; returns ``s3://conn@bucket``."""
+    connect()
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{S3_CONN.upper()}",
+        json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "testing",
+                "password": "testing",
+                "extra": {"endpoint_url": moto_s3, "region_name": "us-east-1"},
+            }
+        ),
+    )
+    import boto3
+
+    name = f"mai-{uuid.uuid4().hex[:12]}"
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=moto_s3,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    s3.create_bucket(Bucket=name)  # us-east-1 takes no location constraint
+    return f"s3://{S3_CONN}@{name}"
+
+
+def _read(uri: str) -> bytes:
+    return ObjectStoragePath(uri).read_bytes()
+
+
+def _listing(base: str) -> list[str]:
+    root = ObjectStoragePath(base)
+    prefix = root.path.rstrip("/") + "/"
+    root.fs.invalidate_cache()
+    return sorted(key.removeprefix(prefix) for key in root.fs.find(root.path))
+
+
+@pytest.mark.parametrize("store", ["azure_container", "s3_bucket"])
+def test_generate_writes_png_and_sidecar_to_the_store(request, emulator, store):
+    base = request.getfixturevalue(store)
+    result = MaiGenerateImageOperator(
+        task_id="generate", prompt="a red bicycle", width=1024, height=768, output_path=f"{base}/shots/"
+    ).execute(context("generate"))
+
+    png = _read(result["uri"])
+    assert png_size(png) == (1024, 768)
+    assert (
+        hashlib.sha256(png).hexdigest()
+        == result["sha256"]
+        == json.loads(_read(result["sidecar_uri"]))["sha256"]
+    )
+    assert result["uri"].startswith(base.split("://")[0] + "://")
+    assert result["b64_json"] is None
+    # Exactly the image and its sidecar: no temp objects, no partial uploads.
+    stem = "stores__scheduled__2026-11-25T06_00_00_00_00__generate"
+    assert _listing(base) == [f"shots/{stem}.json", f"shots/{stem}.png"]
+
+
+def test_generate_to_azure_then_edit_into_s3(emulator, azure_container, s3_bucket):
+    generated = MaiGenerateImageOperator(
+        task_id="generate", prompt="a teapot", output_path=f"{azure_container}/gen/"
+    ).execute(context("generate"))
+    edited = MaiEditImageOperator(
+        task_id="edit", prompt="make it gold", image=generated, output_path=f"{s3_bucket}/edits/teapot.png"
+    ).execute(context("edit"))
+
+    sent = emulator.requests[-1]
+    assert sent.path.endswith("/images/edits")
+    assert hashlib.sha256(sent.image).hexdigest() == generated["sha256"]  # the input was read from Azure
+    edited_png = _read(edited["uri"])
+    assert png_size(edited_png) == (edited["width"], edited["height"])
+    sidecar = json.loads(_read(edited["sidecar_uri"]))
+    assert sidecar["source_image"] == generated["uri"]
+    assert sidecar["ai_generated"] is True
+
+
+def test_edit_reads_an_object_storage_path_with_its_connection(emulator, s3_bucket):
+    source = ObjectStoragePath(f"{s3_bucket}/inputs/photo.png")
+    generated = MaiGenerateImageOperator(task_id="g", prompt="a lamp").execute(context("g"))
+    source.write_bytes(base64.b64decode(generated["b64_json"]))
+
+    result = MaiEditImageOperator(task_id="e", prompt="at night", image=source).execute(context("e"))
+    assert emulator.requests[-1].image == source.read_bytes()
+    assert result["b64_json"]
+
+
+@pytest.mark.parametrize("store", ["azure_container", "s3_bucket"])
+def test_skip_reuses_the_stored_image_without_a_request(request, emulator, store):
+    base = request.getfixturevalue(store)
+
+    def run() -> dict:
+        return MaiGenerateImageOperator(
+            task_id="g", prompt="a kite", output_path=f"{base}/kites/kite.png", if_exists="skip"
+        ).execute(context("g"))
+
+    first = run()
+    second = run()
+    assert len(emulator.requests) == 1
+    assert second["reused"] is True
+    assert second["sha256"] == first["sha256"]
+
+
+@pytest.mark.parametrize("store", ["azure_container", "s3_bucket"])
+def test_failed_generation_leaves_the_stored_image_untouched(request, connect, emulator, store):
+    base = request.getfixturevalue(store)
+    target = f"{base}/kept/image.png"
+    MaiGenerateImageOperator(task_id="g", prompt="first", output_path=target).execute(context("g"))
+    before = _read(target)
+
+    emulator.inject(Fault(truncate=True), times=10)
+    with pytest.raises(MaiTransientError):
+        MaiGenerateImageOperator(task_id="g", prompt="second", output_path=target).execute(context("g"))
+    assert _read(target) == before
+    assert _listing(base) == ["kept/image.json", "kept/image.png"]
