@@ -246,3 +246,23 @@ def test_connection_uri_points_an_airflow_connection_at_the_emulator(emulator):
     assert conn["host"] == emulator.url
     assert conn["password"] == API_KEY
     assert conn["extra"]["deployment"] in DEFAULT_DEPLOYMENTS
+
+
+def test_fault_rate_answers_a_seeded_share_with_transient_faults(connect):
+    from airflow_provider_mai.emulator.server import CHAOS_FAULTS
+    from airflow_provider_mai.hooks.mai import MaiHook
+
+    with MaiEmulator(api_key=API_KEY, fault_rate=0.3, seed=7) as chaotic:
+        hook = MaiHook(connect(host=chaotic.url, extra={"max_retries": 20}))
+        hook.sleep = lambda seconds: None
+        for i in range(20):
+            assert hook.generate_image(f"p{i}", width=768, height=768).width == 768
+        faulted = [r.fault for r in chaotic.requests if r.fault is not None]
+    assert 0 < len(faulted) < len(chaotic.requests)
+    assert all(f in CHAOS_FAULTS for f in faulted)
+    assert len(chaotic.requests) - len(faulted) == 20  # every fault was retried to a success
+
+
+def test_fault_rate_must_be_a_share():
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        MaiEmulator(fault_rate=1.5)

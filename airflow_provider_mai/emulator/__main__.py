@@ -55,6 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="a deployment (repeatable); default: "
         + ", ".join(f"{k}={v}" for k, v in DEFAULT_DEPLOYMENTS.items()),
     )
+    parser.add_argument(
+        "--fault-rate",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="share of requests (0-1) answered with a random transient fault: 429, 5xx, 408, "
+        "dropped or truncated connections (default 0)",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="seed for --fault-rate draws")
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     return parser
 
@@ -69,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         deployments=dict(args.deployment) if args.deployment else None,
         rpm=args.rpm,
         latency=args.latency,
+        fault_rate=args.fault_rate,
+        seed=args.seed,
         verbose=args.verbose,
     )
     stop = threading.Event()

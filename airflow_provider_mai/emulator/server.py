@@ -15,6 +15,7 @@ import base64
 import collections
 import json
 import math
+import random
 import socket
 import struct
 import threading
@@ -69,6 +70,20 @@ class Fault:
     drop: bool = False
     reset: bool = False
     truncate: bool = False
+
+
+#: What ``fault_rate`` draws from: the transient failures a busy service and its gateways produce.
+CHAOS_FAULTS: tuple[Fault, ...] = (
+    Fault(status=429, retry_after=1),
+    Fault(status=429),
+    Fault(status=500),
+    Fault(status=502, body="<html><body><h1>502 Bad Gateway</h1></body></html>"),
+    Fault(status=503, body=b""),
+    Fault(status=408),
+    Fault(drop=True),
+    Fault(reset=True),
+    Fault(truncate=True),
+)
 
 
 @dataclass
@@ -211,6 +226,10 @@ class MaiEmulator:
     :param latency: seconds each successful answer takes, or a ``(low, high)`` range.
     :param blocked_terms: prompt fragments the content filter blocks.
     :param max_concurrency: connections served at once.
+    :param fault_rate: share of requests (0-1) answered with a random transient fault from
+        ``chaos_faults`` when no injected fault is queued: a service having a bad day.
+    :param chaos_faults: the faults ``fault_rate`` draws from (default ``CHAOS_FAULTS``).
+    :param seed: seed for the fault draws, for repeatable runs.
     :param verbose: log each request to stderr.
     """
 
@@ -225,8 +244,16 @@ class MaiEmulator:
         latency: float | tuple[float, float] = 0.0,
         blocked_terms: Iterable[str] = DEFAULT_BLOCKED_TERMS,
         max_concurrency: int = 64,
+        fault_rate: float = 0.0,
+        chaos_faults: Iterable[Fault] = CHAOS_FAULTS,
+        seed: int | None = None,
         verbose: bool = False,
     ) -> None:
+        if not 0.0 <= fault_rate <= 1.0:
+            raise ValueError(f"fault_rate must be between 0 and 1, got {fault_rate}")
+        self.fault_rate = fault_rate
+        self.chaos_faults = tuple(chaos_faults)
+        self._random = random.Random(seed)
         self.deployments = dict(deployments or DEFAULT_DEPLOYMENTS)
         for name, model in self.deployments.items():
             if model not in MODELS:
@@ -336,7 +363,10 @@ class MaiEmulator:
         record = RecordedRequest("POST", handler.path, headers, {})
         with self._lock:
             self.requests.append(record)
-            record.fault = self._faults.popleft() if self._faults else None
+            if self._faults:
+                record.fault = self._faults.popleft()
+            elif self.fault_rate and self._random.random() < self.fault_rate:
+                record.fault = self._random.choice(self.chaos_faults)
         status, body, extra_headers = 500, None, {}
         try:
             length = int(headers.get("content-length") or 0)
