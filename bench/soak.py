@@ -158,17 +158,20 @@ def main() -> int:
     permanent_retried = [i for i in expected_permanent if retries[i]]
 
     print(
-        f"generations requested : {args.generations} ({args.threads} threads, fault rate {args.fault_rate:.0%})"
+        f"generations requested : {args.generations} "
+        f"({args.threads} threads, fault rate {args.fault_rate:.0%})"
     )
     print(f"succeeded             : {len(ok)} (PNG + sidecar, sha256 checked)")
     print(f"failed clearly        : {len(errors)} {dict(by_kind)}")
     print(f"unaccounted           : {args.generations - len(ok) - len(errors)}")
     print(f"unexpected failures   : {len(unexpected)} {list(unexpected.values())[:3]}")
     print(
-        f"half-written files    : {half_written}; files left by failures: {len(leftovers)}; temp files: {len(temp_files)}"
+        f"half-written files    : {half_written}; files left by failures: {len(leftovers)}; "
+        f"temp files: {len(temp_files)}"
     )
     print(
-        f"retries used          : {sum(retries.values())} (max {max(retries.values(), default=0)} for one image)"
+        f"retries used          : {sum(retries.values())} "
+        f"(max {max(retries.values(), default=0)} for one image)"
     )
     print(f"permanent errors retried: {len(permanent_retried)}")
     print(f"total time            : {elapsed:.1f} s ({args.generations / elapsed:.1f} generations/s)")
