@@ -49,6 +49,18 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
         "description": "Retries of a transient failure (429, 408, 5xx, dropped connection).",
         "schema": {"type": ["integer", "null"], "default": 5},
     },
+    "rpm": {
+        "label": "Requests per minute",
+        "description": "The deployment's quota. When set, requests are paced to stay under it (shared by "
+        "all tasks on a host) instead of learning the limit from 429 answers.",
+        "schema": {"type": ["number", "null"]},
+    },
+    "rpm_state_dir": {
+        "label": "Pacing state folder",
+        "description": "Folder of the shared send-slot schedule for 'rpm' (default: the temp folder). "
+        "A shared volume with file locks extends pacing across hosts.",
+        "schema": {"type": ["string", "null"]},
+    },
     "ca_bundle": {
         "label": "CA bundle path",
         "description": "Path to a PEM CA bundle for a TLS-inspecting corporate proxy. Verification "
@@ -70,6 +82,7 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
         "managed_identity_client_id": "00000000-0000-0000-0000-000000000000",
         "timeout": "300",
         "max_retries": "5",
+        "rpm": "12",
     },
 }
 

@@ -21,3 +21,13 @@ def make_jpeg(width: int = 553, height: int = 311) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), (200, 80, 20)).save(buffer, "JPEG")
     return buffer.getvalue()
+
+
+def reserve_pacing_slots(state_dir: str, rpm: float, count: int, queue) -> None:  # type: ignore[no-untyped-def]
+    """In a child process: take ``count`` send slots and report their wall-clock times."""
+    import time
+
+    from airflow_provider_mai.pacing import RequestPacer
+
+    pacer = RequestPacer("shared", rpm=rpm, state_dir=state_dir)
+    queue.put([time.time() + pacer.reserve() for _ in range(count)])

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     import requests
     from azure.core.credentials import AccessToken, TokenCredential
 
+    from airflow_provider_mai.pacing import RequestPacer
     from airflow_provider_mai.storage import ImageSource
 
 GENERATIONS_PATH = "/mai/v1/images/generations"
@@ -111,6 +112,8 @@ class _Settings:
     retry_base_delay: float
     retry_max_delay: float
     ca_bundle: str | None
+    rpm: float | None = None
+    rpm_state_dir: str | None = None
 
 
 def _extra(extras: Mapping[str, Any], name: str) -> Any:
@@ -201,6 +204,7 @@ class MaiHook(BaseHook):
         self._token: AccessToken | None = None
         self._token_lock = threading.Lock()
         self.sleep: Callable[[float], None] = time.sleep
+        self._pacers: dict[str, RequestPacer] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(mai_conn_id={self.mai_conn_id!r})"
@@ -236,6 +240,8 @@ class MaiHook(BaseHook):
             retry_base_delay=_number(extras, "retry_base_delay", 2.0, float),
             retry_max_delay=_number(extras, "retry_max_delay", 60.0, float),
             ca_bundle=_extra(extras, "ca_bundle"),
+            rpm=_number(extras, "rpm", 0.0, float) or None,
+            rpm_state_dir=_extra(extras, "rpm_state_dir"),
         )
         from airflow.sdk.log import mask_secret
 
@@ -324,6 +330,24 @@ class MaiHook(BaseHook):
             )
         return str(deployment)
 
+    def _pace(self, deployment: str) -> None:
+        """With a stated quota (extra ``rpm``), wait for this deployment's next free send slot."""
+        rpm = self.settings.rpm
+        if not rpm:
+            return
+        pacer = self._pacers.get(deployment)
+        if pacer is None:
+            from airflow_provider_mai.pacing import RequestPacer
+
+            key = f"{self.settings.endpoint}|{deployment}"
+            pacer = self._pacers[deployment] = RequestPacer(key, rpm, self.settings.rpm_state_dir)
+        wait = pacer.reserve()
+        if wait > 0:
+            self.log.info(
+                "Pacing deployment %r at %g requests/minute: sending in %.1f s", deployment, rpm, wait
+            )
+            self.sleep(wait)
+
     def _post(
         self,
         path: str,
@@ -345,6 +369,7 @@ class MaiHook(BaseHook):
         while True:
             attempts += 1
             retry_after: float | None = None
+            self._pace(deployment)
             try:
                 response = self._session.post(
                     url,
