@@ -381,9 +381,7 @@ class MaiHook(BaseHook):
                     stream=True,
                 )
                 try:
-                    # Read the body ourselves (not response.content) so that no second copy stays
-                    # cached on the response; a truncated body raises here and is retried.
-                    content = b"".join(response.iter_content(chunk_size=1 << 20))
+                    content = _read_body(response)  # a truncated body raises here and is retried
                 finally:
                     response.close()
             except requests.exceptions.SSLError as exc:
@@ -406,8 +404,11 @@ class MaiHook(BaseHook):
             else:
                 status = response.status_code
                 if status == 200:
+                    # Hand the only reference over, so the parser can free the raw body early.
+                    handed = [content]
+                    del content
                     try:
-                        return self._parse_image(content, response.headers, deployment, prompt)
+                        return self._parse_image(handed, response.headers, deployment, prompt)
                     except MaiResponseError as exc:
                         exc.attempts = attempts
                         failure = exc
@@ -447,8 +448,16 @@ class MaiHook(BaseHook):
             self.sleep(wait)
 
     @staticmethod
-    def _parse_image(content: bytes, headers: Mapping[str, str], deployment: str, prompt: str) -> MaiImage:
-        """Turn a 200 body into a MaiImage; anything unusable is a MaiResponseError (retried)."""
+    def _parse_image(
+        handed: list[bytes | bytearray], headers: Mapping[str, str], deployment: str, prompt: str
+    ) -> MaiImage:
+        """Turn a 200 body (handed over in a list, so it can be freed early) into a MaiImage.
+
+        Anything unusable is a MaiResponseError (retried). Memory: the raw body is decoded to text
+        and dropped before parsing, so at most two copies of the image (in base64 or raw) are alive
+        at any moment - json.loads on bytes would hold three.
+        """
+        content = handed.pop()
         request_id = request_id_from(headers)
 
         def broken(why: str) -> MaiResponseError:
@@ -459,11 +468,19 @@ class MaiHook(BaseHook):
             )
 
         try:
-            body = json.loads(content)
-        except (ValueError, UnicodeDecodeError):
+            text = content.decode("utf-8")
+        except UnicodeDecodeError:
+            text = ""
+        if not text:
             snippet = " ".join(content[:80].decode("utf-8", "replace").split())
+            raise broken(f"the body is not JSON (starts {snippet!r})")
+        del content
+        try:
+            body = json.loads(text)
+        except ValueError:
+            snippet = " ".join(text[:80].split())
             raise broken(f"the body is not JSON (starts {snippet!r})") from None
-        del content  # the parsed copy is all we need from here on
+        del text  # the parsed copy is all we need from here on
         if not isinstance(body, dict) or not isinstance(body.get("data"), list) or not body["data"]:
             raise broken("the body has no 'data' list with an image")
         first = body["data"][0]
@@ -636,6 +653,34 @@ def _form_value(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return json.dumps(value)
     return str(value)
+
+
+def _read_body(response: requests.Response) -> bytes | bytearray:
+    """The whole body in one buffer.
+
+    With a known length and no content encoding it is read in place into one preallocated buffer:
+    no list of chunks joined into a second copy (a 1024x1024 answer is ~2.2 MB of base64).
+    """
+    import requests
+    import urllib3
+
+    length = response.headers.get("content-length", "")
+    if not length.isdigit() or response.headers.get("content-encoding"):
+        return b"".join(response.iter_content(chunk_size=1 << 20))
+    buffer = bytearray(int(length))
+    view = memoryview(buffer)
+    filled = 0
+    try:
+        while filled < len(buffer):
+            count = response.raw.readinto(view[filled:])
+            if not count:
+                raise requests.exceptions.ChunkedEncodingError(f"body ended after {filled} of {length} bytes")
+            filled += count
+    except urllib3.exceptions.HTTPError as exc:  # cut off or timed out mid-body: transient
+        raise requests.exceptions.ChunkedEncodingError(type(exc).__name__) from None
+    finally:
+        view.release()
+    return buffer
 
 
 def _b64decode(text: str) -> bytes:
