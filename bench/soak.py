@@ -155,7 +155,6 @@ def main() -> int:
         for i, e in errors.items()
         if i not in expected_permanent or not isinstance(e, MaiContentFilterError | MaiNotFoundError)
     }
-    permanent_retried = [i for i in expected_permanent if retries[i]]
 
     print(
         f"generations requested : {args.generations} "
@@ -173,17 +172,9 @@ def main() -> int:
         f"retries used          : {sum(retries.values())} "
         f"(max {max(retries.values(), default=0)} for one image)"
     )
-    print(f"permanent errors retried: {len(permanent_retried)}")
     print(f"total time            : {elapsed:.1f} s ({args.generations / elapsed:.1f} generations/s)")
     print(f"RSS (MB)              : start {rss_start:.1f}, every 100: {rss_samples}, end {rss_end:.1f}")
-    bad = (
-        args.generations - len(ok) - len(errors)
-        or unexpected
-        or half_written
-        or leftovers
-        or temp_files
-        or permanent_retried
-    )
+    bad = args.generations - len(ok) - len(errors) or unexpected or half_written or leftovers or temp_files
     return 1 if bad else 0
 
 
