@@ -35,6 +35,8 @@ from airflow_provider_mai.emulator import MaiEmulator  # noqa: E402
 
 API_KEY = "test-key-" + "k" * 48
 
+pytest_plugins = ["tests.storage_servers"]
+
 
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:

@@ -1,5 +1,7 @@
 """Real object-store servers on loopback for the storage tests: Azurite (Azure Blob) and moto (S3).
 
+A pytest plugin (see ``conftest.py``): session-wide servers, per-test containers and buckets.
+
 Each is started once per test session on a free port and polled until it answers. When a server
 is not installed the tests that need it skip with the reason - except under CI (``CI=true``),
 where a missing server is a failure: CI installs both (see ``scripts/test.sh`` and ``.ci/run``).
@@ -7,6 +9,7 @@ where a missing server is a failure: CI installs both (see ``scripts/test.sh`` a
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -17,6 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +29,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 60.0
+AZURE_CONN = "mai_test_azurite"
+S3_CONN = "mai_test_moto"
 
 
 def _unavailable(reason: str) -> None:
@@ -152,3 +158,50 @@ def moto_s3() -> Iterator[str]:
     command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     for _ in _start(command, f"{endpoint}/moto-api/", "moto"):
         yield endpoint
+
+
+# -- per-test containers and buckets behind Airflow connections ------------------------------------
+
+
+@pytest.fixture
+def azure_container(azurite: Azurite, monkeypatch, connect) -> str:
+    """A fresh container behind an Airflow connection of type ``wasb``; returns ``abfs://conn@container``."""
+    connect()
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{AZURE_CONN.upper()}",
+        json.dumps({"conn_type": "wasb", "extra": {"connection_string": azurite.connection_string}}),
+    )
+    from azure.storage.blob import BlobServiceClient
+
+    name = f"mai-{uuid.uuid4().hex[:12]}"
+    BlobServiceClient.from_connection_string(azurite.connection_string).create_container(name)
+    return f"abfs://{AZURE_CONN}@{name}"
+
+
+@pytest.fixture
+def s3_bucket(moto_s3: str, monkeypatch, connect) -> str:
+    """A fresh bucket behind an Airflow connection of type ``aws``; returns ``s3://conn@bucket``."""
+    connect()
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{S3_CONN.upper()}",
+        json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "testing",
+                "password": "testing",
+                "extra": {"endpoint_url": moto_s3, "region_name": "us-east-1"},
+            }
+        ),
+    )
+    import boto3
+
+    name = f"mai-{uuid.uuid4().hex[:12]}"
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=moto_s3,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    s3.create_bucket(Bucket=name)  # us-east-1 takes no location constraint
+    return f"s3://{S3_CONN}@{name}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import uuid
 from types import SimpleNamespace
 
 import pytest
@@ -20,60 +19,12 @@ from airflow_provider_mai.emulator import Fault
 from airflow_provider_mai.exceptions import MaiTransientError
 from airflow_provider_mai.operators.mai import MaiEditImageOperator, MaiGenerateImageOperator
 from airflow_provider_mai.validation import png_size
-from tests.storage_servers import Azurite, azurite, moto_s3  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.integration
-
-AZURE_CONN = "mai_test_azurite"
-S3_CONN = "mai_test_moto"
 
 
 def context(task_id: str, run_id: str = "scheduled__2026-11-25T06:00:00+00:00") -> dict:
     return {"ti": SimpleNamespace(dag_id="stores", task_id=task_id, map_index=-1), "run_id": run_id}
-
-
-@pytest.fixture
-def azure_container(azurite: Azurite, monkeypatch, connect) -> str:  # noqa: F811
-    """A fresh container behind an Airflow connection of type ``wasb``; returns ``abfs://conn@container``."""
-    connect()
-    monkeypatch.setenv(
-        f"AIRFLOW_CONN_{AZURE_CONN.upper()}",
-        json.dumps({"conn_type": "wasb", "extra": {"connection_string": azurite.connection_string}}),
-    )
-    from azure.storage.blob import BlobServiceClient
-
-    name = f"mai-{uuid.uuid4().hex[:12]}"
-    BlobServiceClient.from_connection_string(azurite.connection_string).create_container(name)
-    return f"abfs://{AZURE_CONN}@{name}"
-
-
-@pytest.fixture
-def s3_bucket(moto_s3: str, monkeypatch, connect) -> str:  # noqa: F811
-    """A fresh bucket behind an Airflow connection of type ``aws``; returns ``s3://conn@bucket``."""
-    connect()
-    monkeypatch.setenv(
-        f"AIRFLOW_CONN_{S3_CONN.upper()}",
-        json.dumps(
-            {
-                "conn_type": "aws",
-                "login": "testing",
-                "password": "testing",
-                "extra": {"endpoint_url": moto_s3, "region_name": "us-east-1"},
-            }
-        ),
-    )
-    import boto3
-
-    name = f"mai-{uuid.uuid4().hex[:12]}"
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto_s3,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    s3.create_bucket(Bucket=name)  # us-east-1 takes no location constraint
-    return f"s3://{S3_CONN}@{name}"
 
 
 def _read(uri: str) -> bytes:

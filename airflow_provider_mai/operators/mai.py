@@ -112,11 +112,33 @@ class MaiBaseImageOperator(BaseOperator):
         return storage.resolve_output_path(self.output_path, name)
 
     def execute(self, context: Context) -> dict[str, Any]:
+        self._output_location = self._location(context)
+        self._last_result = self._produce(self._output_location)
+        return self._last_result
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage datasets (the edit's input, the written PNG) and the deployment's facets.
+
+        Called by apache-airflow-providers-openlineage when it is installed; returns None (no
+        lineage) when it is not.
+        """
+        try:
+            from airflow_provider_mai.lineage import operator_lineage
+        except ImportError:
+            return None
+        return operator_lineage(
+            operation=self.operation,
+            result=getattr(self, "_last_result", None),
+            source=self._source_location(),
+            endpoint=self.hook.settings.endpoint,
+            output_location=getattr(self, "_output_location", None),
+        )
+
+    def _produce(self, location: ObjectStoragePath | None) -> dict[str, Any]:
         from airflow_provider_mai import storage
         from airflow_provider_mai.validation import validate_prompt
 
         validate_prompt(self.prompt)
-        location = self._location(context)
         request = self._request()
         fingerprint = storage.request_fingerprint(**request)
         if location is not None:

@@ -1,0 +1,128 @@
+"""OpenLineage for the MAI operators: the images read and written as datasets, the deployment as facets.
+
+Imported only when apache-airflow-providers-openlineage is installed (it calls the operators'
+``get_openlineage_facets_on_complete``, which import this module); inert otherwise. Dataset names follow
+OpenLineage's object-storage naming: ``s3://bucket`` + key, ``gs://bucket`` + path,
+``abfss://container@account.dfs.core.windows.net`` + path for Azure (``wasbs://…blob…`` for
+wasb), ``file`` + absolute path for local files.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import attrs
+from openlineage.client.facet_v2 import JobFacet, RunFacet
+
+from airflow_provider_mai import __version__
+
+if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
+
+_AZURE_SCHEMES = {"abfs", "abfss", "adl", "az", "wasb", "wasbs"}
+
+
+def dataset_name(location: Any) -> tuple[str, str] | None:
+    """OpenLineage ``(namespace, name)`` of an image location (URI string or ObjectStoragePath)."""
+    if location is None or location == "":
+        return None
+    text = str(location)
+    if "://" not in text:
+        return "file", text
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    # Airflow's ObjectStoragePath spells a connection as scheme://conn_id@bucket/key.
+    bucket = parts.netloc.rsplit("@", 1)[-1]
+    key = parts.path.lstrip("/")
+    if scheme in ("file", "local"):
+        return "file", parts.path
+    if scheme in ("s3", "s3a", "s3n"):
+        return f"s3://{bucket}", key
+    if scheme in ("gs", "gcs"):
+        return f"gs://{bucket}", key
+    if scheme in _AZURE_SCHEMES:
+        account = _azure_account(location)
+        if account:
+            if scheme.startswith("wasb"):
+                return f"wasbs://{bucket}@{account}.blob.core.windows.net", key
+            return f"abfss://{bucket}@{account}.dfs.core.windows.net", key
+        return f"abfss://{bucket}", key
+    return f"{scheme}://{bucket}", key
+
+
+def _azure_account(location: Any) -> str | None:
+    """The storage account, which Airflow keeps in the connection rather than in the URI."""
+    try:
+        if isinstance(location, str):
+            from airflow.sdk import ObjectStoragePath
+
+            location = ObjectStoragePath(location)
+        fs = location.fs
+        # adlfs knows the account from its options, or (with a connection string) from its client.
+        return getattr(fs, "account_name", None) or getattr(
+            getattr(fs, "service_client", None), "account_name", None
+        )
+    except Exception:  # no connection, no credentials: name the dataset without the account
+        return None
+
+
+def operator_lineage(
+    *,
+    operation: str,
+    result: dict[str, Any] | None,
+    source: Any,
+    endpoint: str | None,
+    output_location: Any,
+) -> OperatorLineage:
+    """The lineage of one finished MAI task."""
+    from airflow.providers.common.compat.openlineage.facet import Dataset
+    from airflow.providers.openlineage.extractors import OperatorLineage
+
+    inputs = [Dataset(namespace=n, name=k) for n, k in filter(None, [dataset_name(source)])]
+    outputs = []
+    if result and result.get("uri"):
+        named = dataset_name(output_location if output_location is not None else result["uri"])
+        if named:
+            outputs.append(Dataset(namespace=named[0], name=named[1]))
+    facets = _facets(operation, result or {}, endpoint)
+    return OperatorLineage(inputs=inputs, outputs=outputs, job_facets=facets["job"], run_facets=facets["run"])
+
+
+def _facets(operation: str, result: dict[str, Any], endpoint: str | None) -> dict[str, dict[str, Any]]:
+    """A job facet naming the service and deployment, and a run facet with what this run produced."""
+    job = MaiImageJobFacet(operation=operation, deployment=result.get("deployment"), endpoint=endpoint)
+    run = MaiImageRunFacet(
+        model=result.get("model"),
+        width=result.get("width"),
+        height=result.get("height"),
+        sha256=result.get("sha256"),
+        request_id=result.get("request_id"),
+        usage=result.get("usage"),
+        reused=bool(result.get("reused")),
+    )
+    return {"job": {"mai_image": job}, "run": {"mai_image": run}}
+
+
+@attrs.define
+class MaiImageJobFacet(JobFacet):
+    """Which MAI deployment the task calls, on which endpoint, for what (``generate`` / ``edit``)."""
+
+    operation: str
+    deployment: str | None
+    endpoint: str | None
+    provider_version: str = __version__
+
+
+@attrs.define
+class MaiImageRunFacet(RunFacet):
+    """What one run received from the service, for cost and provenance reports."""
+
+    model: str | None
+    width: int | None
+    height: int | None
+    sha256: str | None
+    request_id: str | None
+    usage: dict[str, Any] | None
+    reused: bool
+    ai_generated: bool = True
