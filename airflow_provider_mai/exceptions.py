@@ -48,7 +48,8 @@ class MaiError(AirflowException):
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.status_code = status_code
+        # AirflowException declares an HTTPStatus here (for the REST API); ours is the service's status.
+        self.status_code = status_code  # type: ignore[assignment]
         self.error_code = error_code
         self.request_id = request_id
         self.attempts = attempts
@@ -136,7 +137,7 @@ class MaiResponseError(MaiTransientError):
     """The service answered 200 with a body that is not a usable image answer."""
 
 
-def error_body(content: bytes) -> tuple[str | None, str | None, str | None]:
+def error_body(content: bytes | bytearray) -> tuple[str | None, str | None, str | None]:
     """Read ``(code, message, details)`` from an Azure-style error body; tolerate anything else."""
     try:
         body = json.loads(content)
@@ -179,7 +180,7 @@ def _filter_label(message: str | None, details: str | None) -> str | None:
     return None
 
 
-def _snippet(content: bytes, limit: int = 200) -> str:
+def _snippet(content: bytes | bytearray, limit: int = 200) -> str:
     text = content[:limit].decode("utf-8", "replace").strip()
     return " ".join(text.split()) or "<empty body>"
 
@@ -187,7 +188,7 @@ def _snippet(content: bytes, limit: int = 200) -> str:
 def error_for_response(
     *,
     status_code: int,
-    content: bytes,
+    content: bytes | bytearray,
     headers: Mapping[str, str],
     endpoint: str,
     deployment: str,

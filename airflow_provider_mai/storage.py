@@ -47,7 +47,7 @@ class LoadedImage:
     location: str | None
 
 
-def _open_path(location: str | os.PathLike[str]) -> ObjectStoragePath:
+def _open_path(location: str | os.PathLike[str] | ObjectStoragePath) -> ObjectStoragePath:
     from airflow.sdk import ObjectStoragePath
 
     if isinstance(location, ObjectStoragePath):

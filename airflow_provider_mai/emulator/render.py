@@ -14,6 +14,7 @@ import math
 import random
 import textwrap
 from functools import lru_cache
+from typing import Any
 
 MIN_SIDE = 768
 MAX_PIXELS = 1_048_576
@@ -55,7 +56,7 @@ def _palette(text: str) -> tuple[tuple[int, int, int], tuple[int, int, int], int
     )
 
 
-def _font(size: int):  # type: ignore[no-untyped-def]
+def _font(size: int) -> Any:
     from PIL import ImageFont
 
     try:
@@ -68,13 +69,13 @@ def _contrast(colour: tuple[int, int, int]) -> tuple[int, int, int]:
     return (0, 0, 0) if sum(colour) > 384 else (255, 255, 255)
 
 
-def _encode(image) -> bytes:  # type: ignore[no-untyped-def]
+def _encode(image: Any) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG", compress_level=1)
     return buffer.getvalue()
 
 
-def _write_text(draw, text: str, box_width: int, top: int, left: int, colour, size: int) -> None:  # type: ignore[no-untyped-def]
+def _write_text(draw: Any, text: str, box_width: int, top: int, left: int, colour: Any, size: int) -> None:
     font = _font(size)
     per_line = max(8, int(box_width / (size * 0.55)))
     lines = textwrap.wrap(text, per_line)[:8]

@@ -279,8 +279,9 @@ class MaiEmulator:
         if self._server is None:
             raise RuntimeError("the emulator is not running")
         host, port = self._server.server_address[:2]
-        host = f"[{host}]" if ":" in str(host) else host
-        return f"http://{host}:{port}"
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        name = f"[{name}]" if ":" in name else name
+        return f"http://{name}:{port}"
 
     @property
     def rpm(self) -> int | None:
@@ -367,7 +368,8 @@ class MaiEmulator:
                 record.fault = self._faults.popleft()
             elif self.fault_rate and self._random.random() < self.fault_rate:
                 record.fault = self._random.choice(self.chaos_faults)
-        status, body, extra_headers = 500, None, {}
+        status, body = 500, None
+        extra_headers: dict[str, str] = {}
         try:
             length = int(headers.get("content-length") or 0)
             if length > MAX_BODY_BYTES:
@@ -493,7 +495,9 @@ class MaiEmulator:
         image: bytes | None = None
         for part in message.iter_parts():
             name = part.get_param("name", header="content-disposition")
-            payload = part.get_payload(decode=True) or b""
+            payload = part.get_payload(decode=True)
+            if not isinstance(payload, bytes):
+                payload = b""
             if name == "image":
                 if image is None:
                     image = payload

@@ -12,6 +12,7 @@ import binascii
 import hashlib
 import ipaddress
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -684,11 +685,9 @@ def _read_body(response: requests.Response) -> bytes | bytearray:
 
 
 def _b64decode(text: str) -> bytes:
-    try:
-        # Strict and copy-free on a str (Python 3.11+).
-        return binascii.a2b_base64(text, strict_mode=True)
-    except TypeError:  # Python 3.10: no strict_mode
-        return base64.b64decode(text, validate=True)
+    if sys.version_info >= (3, 11):
+        return binascii.a2b_base64(text, strict_mode=True)  # strict, and no copy of the text
+    return base64.b64decode(text, validate=True)
 
 
 def _version() -> str:

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
     from airflow_provider_mai.hooks.mai import MaiHook, MaiImage
-    from airflow_provider_mai.storage import ImageSource
+    from airflow_provider_mai.storage import ImageSource, LoadedImage
 
 
 class MaiBaseImageOperator(BaseOperator):
@@ -296,7 +296,7 @@ class MaiEditImageOperator(MaiBaseImageOperator):
         self.image = image
 
     @cached_property
-    def _input(self):  # type: ignore[no-untyped-def]
+    def _input(self) -> LoadedImage:
         from airflow_provider_mai.storage import read_image_source
         from airflow_provider_mai.validation import validate_edit_image
 
