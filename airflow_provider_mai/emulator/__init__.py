@@ -11,6 +11,7 @@ Needs Pillow (``pip install "airflow-provider-mai[emulator]"``).
 from __future__ import annotations
 
 from airflow_provider_mai.emulator.server import (
+    CHAOS_FAULTS,
     DEFAULT_DEPLOYMENTS,
     MODELS,
     Fault,
@@ -18,4 +19,4 @@ from airflow_provider_mai.emulator.server import (
     RecordedRequest,
 )
 
-__all__ = ["DEFAULT_DEPLOYMENTS", "MODELS", "Fault", "MaiEmulator", "RecordedRequest"]
+__all__ = ["CHAOS_FAULTS", "DEFAULT_DEPLOYMENTS", "MODELS", "Fault", "MaiEmulator", "RecordedRequest"]
