@@ -15,7 +15,7 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
     "auth_type": {
         "label": "Auth type",
         "description": "api_key or entra_id. Empty: api_key when an API key is set, else entra_id.",
-        "schema": {"type": ["string", "null"], "enum": ["api_key", "entra_id", None]},
+        "schema": {"type": ["string", "null"], "enum": ["api_key", "entra_id"]},
     },
     "tenant_id": {
         "label": "Tenant ID",
@@ -70,11 +70,14 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
 }
 
 UI_FIELD_BEHAVIOUR: dict[str, Any] = {
-    "hidden-fields": ["schema", "port", "login"],
+    # The port stays visible: besides emulators and private endpoints on other ports, Airflow 3.3.2's
+    # list-page Test button refuses connections without a stored port (apache/airflow#73298).
+    "hidden-fields": ["schema", "login"],
     "relabeling": {"host": "Endpoint", "password": "API key"},
     "placeholders": {
         "host": "https://<resource-name>.services.ai.azure.com",
         "password": "API key (leave empty for Microsoft Entra ID)",
+        "port": "443 (optional)",
         "deployment": "my-mai-image-2-5",
         "auth_type": "api_key",
         "tenant_id": "00000000-0000-0000-0000-000000000000",

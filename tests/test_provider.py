@@ -54,7 +54,8 @@ def test_providers_manager_sees_the_connection_type_and_form():
         assert f"extra__mai__{name}" in widgets
     assert widgets["extra__mai__client_secret"].is_sensitive
     behaviour = manager.field_behaviours["mai"]
-    assert {"schema", "port", "login"} <= set(behaviour["hidden_fields"])
+    assert {"schema", "login"} <= set(behaviour["hidden_fields"])
+    assert "port" not in behaviour["hidden_fields"]  # see get_provider_info: Test needs it on 3.3.2
     assert behaviour["relabeling"]["password"] == "API key"
 
 

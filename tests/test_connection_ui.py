@@ -1,0 +1,182 @@
+"""The connection form in a real browser: Airflow's api-server on loopback, driven by headless Chromium.
+
+Adds a ``mai`` connection through the UI (checking that the custom fields, labels, placeholders and
+password fields render), saves it, presses the list's Test button and checks the answer - which our
+hook produced by sending its undersized probe to the emulator. Needs Debian's ``chromium`` and the
+``playwright`` package (CI installs both); locally it skips without them, under CI it fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import API_KEY
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
+# Flags a sandboxed CI machine needs: no GPU, no sandbox as root, and no calls home (the network
+# is closed, and Chromium's background fetches would be refused many at a time).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOT = ROOT / "docs" / "connection-form.png"
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{reason} (required under CI)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not CHROMIUM:
+        _unavailable("Chromium is not installed (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("playwright is not installed (pip install playwright)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def api_server(airflow_db: Path) -> Iterator[str]:
+    """``airflow api-server`` on a free loopback port, connection testing on, everyone an admin."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        "AIRFLOW__API__WORKERS": "1",
+    }
+    log = airflow_db / "api-server.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "airflow", "api-server", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"the api-server exited: {log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the api-server did not answer in 120 s: {log.read_text()[-3000:]}")
+            time.sleep(0.25)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _stored_connection(url: str, conn_id: str) -> dict:
+    with urllib.request.urlopen(f"{url}/api/v2/connections/{conn_id}", timeout=10) as answer:
+        return json.load(answer)
+
+
+def _add_connection(page, url: str, conn_id: str, emulator_port: int, api_key: str) -> None:  # type: ignore[no-untyped-def]
+    page.goto(f"{url}/connections", wait_until="networkidle")
+    page.get_by_role("button", name="Add Connection").click()
+    page.locator("input[name=connection_id]").fill(conn_id)
+    page.get_by_role("combobox").first.click()
+    page.keyboard.type("Foundry")
+    page.get_by_role("option", name="Microsoft Foundry MAI").click()
+
+    # Standard fields: relabelled, with our placeholders; login and schema hidden.
+    host = page.locator("input[name=host]")
+    assert host.get_attribute("placeholder") == "https://<resource-name>.services.ai.azure.com"
+    assert page.get_by_text("Endpoint", exact=True).is_visible()
+    assert page.get_by_text("API key", exact=True).is_visible()
+    assert page.locator("input[name=login]").count() == 0
+    assert page.locator("input[name=schema]").count() == 0
+    assert page.locator("input[name=password]").get_attribute("type") == "password"
+    host.fill("http://127.0.0.1")
+    page.locator("input[name=port]").fill(str(emulator_port))
+    page.locator("input[name=password]").fill(api_key)
+
+    # Our extra fields, declared in the provider info.
+    page.get_by_role("button", name="Extra Fields", exact=True).click()
+    for label in ("Deployment", "Auth type", "Tenant ID", "Client ID", "Client secret", "Timeout (s)"):
+        assert page.get_by_text(label, exact=True).first.is_visible(), label
+    assert page.locator("input[name=element_client_secret]").get_attribute("type") == "password"
+    page.locator("input[name=element_deployment]").fill("mai-image-2-5")
+    if os.environ.get("MAI_UPDATE_SCREENSHOT") and api_key == API_KEY:
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+    page.get_by_role("button", name="Save").click()
+    page.get_by_role("cell", name=conn_id).wait_for(timeout=15_000)
+
+
+def _press_test(page, conn_id: str) -> dict:  # type: ignore[no-untyped-def]
+    row = page.get_by_role("row").filter(has_text=conn_id)
+    with page.expect_response(lambda r: r.url.endswith("/api/v2/connections/test"), timeout=60_000) as answer:
+        row.get_by_role("button", name="Test Connection").click()
+    return answer.value.json()
+
+
+def test_form_renders_our_fields_and_test_reaches_the_emulator(browser, api_server, emulator):
+    context = browser.new_context(viewport={"width": 1400, "height": 1100})
+    page = context.new_page()
+    try:
+        port = int(emulator.url.rsplit(":", 1)[1])
+        _add_connection(page, api_server, "mai_ui_good", port, API_KEY)
+        stored = _stored_connection(api_server, "mai_ui_good")
+        assert stored["conn_type"] == "mai"
+        assert json.loads(stored["extra"])["deployment"] == "mai-image-2-5"
+        assert stored["password"] != API_KEY  # the API masks it
+
+        verdict = _press_test(page, "mai_ui_good")
+        assert verdict["status"] is True, verdict
+        assert "deployment 'mai-image-2-5' found" in verdict["message"]
+        page.get_by_text("Test Connection Successful").wait_for(timeout=15_000)
+        page.get_by_text("credentials accepted, deployment 'mai-image-2-5' found").wait_for(timeout=5_000)
+        # The Test button ran our hook: its 16x16 probe reached the emulator, and no image was made.
+        (probe,) = emulator.requests
+        assert (probe.fields["width"], probe.fields["height"]) == (16, 16)
+        assert probe.status == 400
+        if os.environ.get("MAI_UPDATE_SCREENSHOT"):
+            page.screenshot(path=str(SCREENSHOT.with_name("connection-test.png")))
+
+        _add_connection(page, api_server, "mai_ui_bad_key", port, "not-the-key")
+        verdict = _press_test(page, "mai_ui_bad_key")
+        assert verdict["status"] is False
+        assert "401" in verdict["message"] and "not-the-key" not in verdict["message"]
+        page.get_by_text("Test Connection Failed").wait_for(timeout=15_000)
+    finally:
+        context.close()
