@@ -1,8 +1,8 @@
 # Shared by demo.sh and test.sh: create (once) and fill the project's virtualenv.
 #   MAI_VENV        the virtualenv's folder (default .venv)
 #   PYTHON          the interpreter that creates it (default python3)
-#   MAI_AIRFLOW     an Airflow requirement to install with it, e.g. "apache-airflow==3.0.6" (CI's
-#                   oldest-version run); default: the newest release the project allows
+#   MAI_AIRFLOW     requirements installed with it, space-separated, e.g. "apache-airflow==3.2.0"
+#                   (CI's oldest-version run); default: the newest releases the project allows
 VENV="${MAI_VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 
@@ -15,7 +15,7 @@ ensure_venv() {
   # Keep pip quiet, but let real errors through.
   "$VENV/bin/python" -m pip install --quiet --upgrade pip 2> >(grep -v '^WARNING: Location' >&2)
   # shellcheck disable=SC2086
-  "$VENV/bin/python" -m pip install --quiet -e "$1" ${MAI_AIRFLOW:+"$MAI_AIRFLOW"} \
+  "$VENV/bin/python" -m pip install --quiet -e "$1" ${MAI_AIRFLOW:-} \
     2> >(grep -v -e '^WARNING: Location' -e 'BuildBackendWarning' -e '^ *!!$' -e '^ *\*\*\*' \
          -e 'Please be careful with folders' -e 'name as your package' -e 'with strategy, WheelFile' \
          -e '^ *$' -e "return '\\\\n'.join" >&2)

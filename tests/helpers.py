@@ -29,5 +29,15 @@ def reserve_pacing_slots(state_dir: str, rpm: float, count: int, queue) -> None:
 
     from airflow_provider_mai.pacing import RequestPacer
 
-    pacer = RequestPacer("shared", rpm=rpm, state_dir=state_dir)
-    queue.put([time.time() + pacer.reserve() for _ in range(count)])
+    seen: list[float] = []
+
+    def clock() -> float:  # remember the instant the pacer read, to report the exact slot
+        seen.append(time.time())
+        return seen[-1]
+
+    pacer = RequestPacer("shared", rpm=rpm, state_dir=state_dir, clock=clock)
+    slots = []
+    for _ in range(count):
+        wait = pacer.reserve()
+        slots.append(seen[-1] + wait)
+    queue.put(slots)

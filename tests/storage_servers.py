@@ -34,7 +34,8 @@ S3_CONN = "mai_test_moto"
 
 
 def _unavailable(reason: str) -> None:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    # CI's oldest-Airflow run installs only the core test tools and sets MAI_ALLOW_SKIPS=1.
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes") and not os.environ.get("MAI_ALLOW_SKIPS"):
         pytest.fail(f"{reason} (required under CI)")
     pytest.skip(reason)
 

@@ -9,6 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 
+pytest.importorskip(
+    "airflow.providers.openlineage", reason="apache-airflow-providers-openlineage not installed"
+)
+
 from airflow_provider_mai.lineage import dataset_name
 from airflow_provider_mai.operators.mai import MaiEditImageOperator, MaiGenerateImageOperator
 
