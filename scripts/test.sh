@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
-ensure_venv ".[test]"
+ensure_venv ".[${MAI_TEST_EXTRAS:-test}]"
 if command -v npm >/dev/null && [ ! -x .ci/node/node_modules/.bin/azurite-blob ]; then
   echo "Installing Azurite (Azure Blob emulator) into .ci/node with npm ..."
   npm install --prefix .ci/node --no-audit --no-fund --silent azurite@3 >/dev/null

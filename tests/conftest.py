@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -96,6 +95,6 @@ def connect(monkeypatch: pytest.MonkeyPatch, emulator: MaiEmulator) -> ConnectFn
 @pytest.fixture
 def free_port() -> int:
     """A loopback port with nothing listening on it."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    from tests.servers import free_port as pick
+
+    return pick()

@@ -13,13 +13,7 @@ import json
 import os
 import re
 import shutil
-import socket
-import subprocess
 import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,55 +21,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers import free_port, running, unavailable
+
 ROOT = Path(__file__).resolve().parents[1]
-READY_TIMEOUT_S = 60.0
 AZURE_CONN = "mai_test_azurite"
 S3_CONN = "mai_test_moto"
-
-
-def _unavailable(reason: str) -> None:
-    # CI's oldest-Airflow run installs only the core test tools and sets MAI_ALLOW_SKIPS=1.
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes") and not os.environ.get("MAI_ALLOW_SKIPS"):
-        pytest.fail(f"{reason} (required under CI)")
-    pytest.skip(reason)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_until_answering(url: str, process: subprocess.Popen, log: Path) -> None:
-    """Poll ``url`` until any HTTP answer comes back (bounded; no blind sleeps)."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}: {log.read_text()[-2000:]}")
-        try:
-            urllib.request.urlopen(url, timeout=1).close()
-            return
-        except urllib.error.HTTPError:
-            return  # an HTTP error is an answer: the server is up
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"server at {url} did not answer within {READY_TIMEOUT_S:.0f} s")
-
-
-def _start(command: list[str], url: str, name: str) -> Iterator[subprocess.Popen]:
-    log = Path(tempfile.mkstemp(prefix=f"mai-{name}-", suffix=".log")[1])
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=tempfile.gettempdir())
-    try:
-        _wait_until_answering(url, process, log)
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 # -- Azurite ---------------------------------------------------------------------------------------
@@ -125,9 +75,9 @@ def azurite() -> Iterator[Azurite]:
     """Azurite's Blob service on a free loopback port, in memory, telemetry off."""
     binary = azurite_binary()
     if binary is None:
-        _unavailable("Azurite is not installed (npm install --prefix .ci/node azurite)")
+        unavailable("Azurite is not installed (npm install --prefix .ci/node azurite)")
     assert binary is not None
-    port = _free_port()
+    port = free_port()
     command = [
         str(binary),
         "--blobHost",
@@ -140,7 +90,7 @@ def azurite() -> Iterator[Azurite]:
         "--silent",
     ]
     endpoint = f"http://127.0.0.1:{port}/devstoreaccount1"
-    for _ in _start(command, endpoint, "azurite"):
+    with running(command, endpoint, "azurite"):
         yield Azurite(account="devstoreaccount1", key=azurite_account_key(binary), blob_endpoint=endpoint)
 
 
@@ -153,11 +103,11 @@ def moto_s3() -> Iterator[str]:
     try:
         import moto.server  # noqa: F401
     except ImportError:
-        _unavailable("moto[server] is not installed (pip install 'moto[server]')")
-    port = _free_port()
+        unavailable("moto[server] is not installed (pip install 'moto[server]')")
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    for _ in _start(command, f"{endpoint}/moto-api/", "moto"):
+    with running(command, f"{endpoint}/moto-api/", "moto"):
         yield endpoint
 
 

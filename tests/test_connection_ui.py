@@ -11,10 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -23,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import API_KEY
+from tests.servers import free_port, running, unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -42,21 +40,14 @@ CHROMIUM_ARGS = [
 SCREENSHOT = ROOT / "docs" / "connection-form.png"
 
 
-def _unavailable(reason: str) -> None:
-    # CI's oldest-Airflow run installs only the core test tools and sets MAI_ALLOW_SKIPS=1.
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes") and not os.environ.get("MAI_ALLOW_SKIPS"):
-        pytest.fail(f"{reason} (required under CI)")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     if not CHROMIUM:
-        _unavailable("Chromium is not installed (apt-get install chromium)")
+        unavailable("Chromium is not installed (apt-get install chromium)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        _unavailable("playwright is not installed (pip install playwright)")
+        unavailable("playwright is not installed (pip install playwright)")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
@@ -66,45 +57,17 @@ def browser() -> Iterator[object]:
 @pytest.fixture(scope="module")
 def api_server(airflow_db: Path) -> Iterator[str]:
     """``airflow api-server`` on a free loopback port, connection testing on, everyone an admin."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {
         **os.environ,
         "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
         "AIRFLOW__API__WORKERS": "1",
     }
-    log = airflow_db / "api-server.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "airflow", "api-server", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the api-server exited: {log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the api-server did not answer in 120 s: {log.read_text()[-3000:]}")
-            time.sleep(0.25)
+    command = [sys.executable, "-m", "airflow", "api-server", "--host", "127.0.0.1", "--port", str(port)]
+    with running(command, f"{url}/api/v2/monitor/health", "api-server", env=env, ready_within=120):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def _stored_connection(url: str, conn_id: str) -> dict:
