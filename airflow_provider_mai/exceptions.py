@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from airflow_provider_mai._compat import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 #: Error codes the service (and Azure OpenAI) use for content filtering.
 CONTENT_FILTER_CODES = frozenset(

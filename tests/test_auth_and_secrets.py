@@ -124,7 +124,7 @@ def test_auth_type_defaults_follow_the_password(connect):
 
 
 def _redact(text: str) -> str:
-    from airflow_provider_mai._compat import redact
+    from airflow.sdk._shared.secrets_masker import redact
 
     return str(redact(text))
 

@@ -23,16 +23,8 @@ def dag_env(airflow_db, emulator, connect, monkeypatch, tmp_path):
     return tmp_path / "out"
 
 
-def dag_bag_class():  # type: ignore[no-untyped-def]
-    try:  # Airflow >= 3.3
-        from airflow.dag_processing.dagbag import DagBag
-    except ImportError:
-        from airflow.models.dagbag import DagBag
-    return DagBag
-
-
 def load_dag(dag_id: str):
-    DagBag = dag_bag_class()
+    from airflow.dag_processing.dagbag import DagBag
 
     root = Path(__file__).resolve().parents[1]
     folder = root / ("tests/dags" if dag_id.startswith("mai_test_") else "dags")
@@ -59,7 +51,7 @@ def b64_png(result: dict[str, Any]) -> bytes:
 
 
 def test_every_dag_file_imports_cleanly():
-    DagBag = dag_bag_class()
+    from airflow.dag_processing.dagbag import DagBag
 
     root = Path(__file__).resolve().parents[1]
     examples = DagBag(dag_folder=str(root / "dags"))

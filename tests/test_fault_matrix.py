@@ -19,8 +19,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from airflow.sdk.exceptions import AirflowFailException
 
-from airflow_provider_mai._compat import AirflowFailException
 from airflow_provider_mai.emulator import Fault
 from airflow_provider_mai.exceptions import (
     MaiAuthenticationError,

@@ -9,8 +9,8 @@ import time
 from email.utils import formatdate
 
 import pytest
+from airflow.sdk.exceptions import AirflowFailException
 
-from airflow_provider_mai._compat import AirflowFailException
 from airflow_provider_mai.emulator import Fault
 from airflow_provider_mai.exceptions import (
     MaiAuthenticationError,

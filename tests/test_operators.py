@@ -15,8 +15,8 @@ from types import SimpleNamespace
 
 import pytest
 from airflow.sdk import ObjectStoragePath
+from airflow.sdk.exceptions import AirflowFailException
 
-from airflow_provider_mai._compat import AirflowFailException
 from airflow_provider_mai.emulator import Fault
 from airflow_provider_mai.exceptions import (
     MaiConfigurationError,

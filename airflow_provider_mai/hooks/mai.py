@@ -244,7 +244,7 @@ class MaiHook(BaseHook):
             rpm=_number(extras, "rpm", 0.0, float) or None,
             rpm_state_dir=_extra(extras, "rpm_state_dir"),
         )
-        from airflow_provider_mai._compat import mask_secret
+        from airflow.sdk.log import mask_secret
 
         for secret in (settings.api_key, settings.client_secret):
             if secret:
@@ -310,7 +310,7 @@ class MaiHook(BaseHook):
                         f"{type(exc).__name__}. Check the connection's Entra ID fields or the "
                         "worker's managed identity."
                     ) from None
-                from airflow_provider_mai._compat import mask_secret
+                from airflow.sdk.log import mask_secret
 
                 mask_secret(token.token)
                 self._token = token
