@@ -76,6 +76,8 @@ def _stored_connection(url: str, conn_id: str) -> dict:
 
 
 def _add_connection(page, url: str, conn_id: str, emulator_port: int, api_key: str) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
     page.goto(f"{url}/connections", wait_until="networkidle")
     page.get_by_role("button", name="Add Connection").click()
     page.locator("input[name=connection_id]").fill(conn_id)
@@ -83,14 +85,15 @@ def _add_connection(page, url: str, conn_id: str, emulator_port: int, api_key: s
     page.keyboard.type("Foundry")
     page.get_by_role("option", name="Microsoft Foundry MAI").click()
 
-    # Standard fields: relabelled, with our placeholders; login and schema hidden.
+    # Standard fields: relabelled, with our placeholders; login and schema hidden. (expect() waits
+    # for the form to settle: it renders in steps as the connection type's metadata arrives.)
     host = page.locator("input[name=host]")
-    assert host.get_attribute("placeholder") == "https://<resource-name>.services.ai.azure.com"
-    assert page.get_by_text("Endpoint", exact=True).is_visible()
-    assert page.get_by_text("API key", exact=True).is_visible()
-    assert page.locator("input[name=login]").count() == 0
-    assert page.locator("input[name=schema]").count() == 0
-    assert page.locator("input[name=password]").get_attribute("type") == "password"
+    expect(host).to_have_attribute("placeholder", "https://<resource-name>.services.ai.azure.com")
+    expect(page.get_by_text("Endpoint", exact=True)).to_be_visible()
+    expect(page.get_by_text("API key", exact=True)).to_be_visible()
+    expect(page.locator("input[name=login]")).to_have_count(0)
+    expect(page.locator("input[name=schema]")).to_have_count(0)
+    expect(page.locator("input[name=password]")).to_have_attribute("type", "password")
     host.fill("http://127.0.0.1")
     page.locator("input[name=port]").fill(str(emulator_port))
     page.locator("input[name=password]").fill(api_key)
@@ -98,8 +101,8 @@ def _add_connection(page, url: str, conn_id: str, emulator_port: int, api_key: s
     # Our extra fields, declared in the provider info.
     page.get_by_role("button", name="Extra Fields", exact=True).click()
     for label in ("Deployment", "Auth type", "Tenant ID", "Client ID", "Client secret", "Timeout (s)"):
-        assert page.get_by_text(label, exact=True).first.is_visible(), label
-    assert page.locator("input[name=element_client_secret]").get_attribute("type") == "password"
+        expect(page.get_by_text(label, exact=True).first).to_be_visible()
+    expect(page.locator("input[name=element_client_secret]")).to_have_attribute("type", "password")
     page.locator("input[name=element_deployment]").fill("mai-image-2-5")
     if os.environ.get("MAI_UPDATE_SCREENSHOT") and api_key == API_KEY:
         page.screenshot(path=str(SCREENSHOT), full_page=True)
