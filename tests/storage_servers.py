@@ -111,12 +111,28 @@ def moto_s3() -> Iterator[str]:
         yield endpoint
 
 
+def _require(*modules: str) -> None:
+    """The Python side of a store: the Airflow provider and the fsspec file system it uses."""
+    import importlib.util
+
+    def found(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # a parent package is missing
+            return False
+
+    missing = [m for m in modules if not found(m)]
+    if missing:
+        unavailable(f"not installed: {', '.join(missing)} (pip install -e '.[test]')")
+
+
 # -- per-test containers and buckets behind Airflow connections ------------------------------------
 
 
 @pytest.fixture
 def azure_container(azurite: Azurite, monkeypatch, connect) -> str:
     """A fresh container behind an Airflow connection of type ``wasb``; returns ``abfs://conn@container``."""
+    _require("airflow.providers.microsoft.azure", "adlfs", "azure.storage.blob")
     connect()
     monkeypatch.setenv(
         f"AIRFLOW_CONN_{AZURE_CONN.upper()}",
@@ -132,6 +148,7 @@ def azure_container(azurite: Azurite, monkeypatch, connect) -> str:
 @pytest.fixture
 def s3_bucket(moto_s3: str, monkeypatch, connect) -> str:
     """A fresh bucket behind an Airflow connection of type ``aws``; returns ``s3://conn@bucket``."""
+    _require("airflow.providers.amazon", "s3fs", "boto3")
     connect()
     monkeypatch.setenv(
         f"AIRFLOW_CONN_{S3_CONN.upper()}",
