@@ -20,7 +20,6 @@ import collections
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -29,10 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="mai-soak-airflow-"))
+from _common import connection_json, emulator_process  # bench/ is on sys.path when run as a script
 
 
 def rss_mb() -> float:
@@ -41,32 +37,6 @@ def rss_mb() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def start_emulator(fault_rate: float, seed: int) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "airflow_provider_mai.emulator",
-            "--port",
-            "0",
-            "--api-key",
-            "soak-key",
-            "--fault-rate",
-            str(fault_rate),
-            "--seed",
-            str(seed),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()  # "MAI emulator listening on URL" once it accepts requests
-    if "listening on" not in line:
-        process.kill()
-        raise SystemExit(f"the emulator did not start: {line!r}")
-    return process, line.rsplit(" ", 1)[1].strip()
 
 
 def main() -> int:
@@ -79,16 +49,14 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=2026)
     args = parser.parse_args()
 
-    emulator, url = start_emulator(args.fault_rate, args.seed)
-    os.environ["AIRFLOW_CONN_MAI_DEFAULT"] = json.dumps(
-        {
-            "conn_type": "mai",
-            "host": url,
-            "password": "soak-key",
-            # Short backoff so the soak takes minutes, not hours; Retry-After is still honoured.
-            "extra": {"deployment": "mai-image-2-5", "max_retries": 8, "retry_base_delay": 0.2},
-        }
-    )
+    with emulator_process("--fault-rate", str(args.fault_rate), "--seed", str(args.seed)) as url:
+        # Short backoff so the soak takes minutes, not hours; Retry-After is still honoured.
+        os.environ["AIRFLOW_CONN_MAI_DEFAULT"] = connection_json(url, max_retries=8, retry_base_delay=0.2)
+        return soak(args)
+
+
+def soak(args: argparse.Namespace) -> int:
+    """Run the generations, then account for every one of them; 1 when anything is unaccounted."""
     from airflow_provider_mai.exceptions import MaiContentFilterError, MaiError, MaiNotFoundError
     from airflow_provider_mai.operators.mai import MaiGenerateImageOperator
     from airflow_provider_mai.validation import png_size
@@ -129,8 +97,6 @@ def main() -> int:
                 rss_samples.append(round(rss_mb(), 1))
     elapsed = time.monotonic() - started
     rss_end = rss_mb()
-    emulator.terminate()
-    emulator.wait(timeout=10)
 
     # Account for every request.
     ok = [i for i, o in outcomes.items() if isinstance(o, dict)]
