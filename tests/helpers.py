@@ -41,3 +41,15 @@ def reserve_pacing_slots(state_dir: str, rpm: float, count: int, queue) -> None:
         wait = pacer.reserve()
         slots.append(seen[-1] + wait)
     queue.put(slots)
+
+
+def airflow_dags_test(dag_id: str, env: dict[str, str], conf: dict | None = None):  # type: ignore[no-untyped-def]
+    """Run ``airflow dags test DAG_ID`` in a child process, as a user would; return its result."""
+    import json
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "airflow", "dags", "test", dag_id]
+    if conf is not None:
+        command += ["--conf", json.dumps(conf)]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)

@@ -126,6 +126,11 @@ def _require(*modules: str) -> None:
         unavailable(f"not installed: {', '.join(missing)} (pip install -e '.[test]')")
 
 
+def _define_connection(monkeypatch: pytest.MonkeyPatch, conn_id: str, conn: dict) -> None:
+    """An Airflow connection for this test, as an ``AIRFLOW_CONN_<ID>`` JSON variable."""
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+
+
 # -- per-test containers and buckets behind Airflow connections ------------------------------------
 
 
@@ -134,9 +139,10 @@ def azure_container(azurite: Azurite, monkeypatch, connect) -> str:
     """A fresh container behind an Airflow connection of type ``wasb``; returns ``abfs://conn@container``."""
     _require("airflow.providers.microsoft.azure", "adlfs", "azure.storage.blob")
     connect()
-    monkeypatch.setenv(
-        f"AIRFLOW_CONN_{AZURE_CONN.upper()}",
-        json.dumps({"conn_type": "wasb", "extra": {"connection_string": azurite.connection_string}}),
+    _define_connection(
+        monkeypatch,
+        AZURE_CONN,
+        {"conn_type": "wasb", "extra": {"connection_string": azurite.connection_string}},
     )
     from azure.storage.blob import BlobServiceClient
 
@@ -150,16 +156,15 @@ def s3_bucket(moto_s3: str, monkeypatch, connect) -> str:
     """A fresh bucket behind an Airflow connection of type ``aws``; returns ``s3://conn@bucket``."""
     _require("airflow.providers.amazon", "s3fs", "boto3")
     connect()
-    monkeypatch.setenv(
-        f"AIRFLOW_CONN_{S3_CONN.upper()}",
-        json.dumps(
-            {
-                "conn_type": "aws",
-                "login": "testing",
-                "password": "testing",
-                "extra": {"endpoint_url": moto_s3, "region_name": "us-east-1"},
-            }
-        ),
+    _define_connection(
+        monkeypatch,
+        S3_CONN,
+        {
+            "conn_type": "aws",
+            "login": "testing",
+            "password": "testing",
+            "extra": {"endpoint_url": moto_s3, "region_name": "us-east-1"},
+        },
     )
     import boto3
 

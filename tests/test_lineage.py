@@ -110,8 +110,9 @@ def test_azure_output_is_named_with_its_storage_account(request, connect, emulat
 def test_a_real_dag_run_emits_the_image_lineage(airflow_db, connect, emulator, tmp_path):
     """`airflow dags test` with the openlineage provider's file transport: the events carry our datasets."""
     import os
-    import subprocess
     from pathlib import Path
+
+    from tests.helpers import airflow_dags_test
 
     connect()
     events_file = tmp_path / "openlineage.jsonl"
@@ -122,14 +123,7 @@ def test_a_real_dag_run_emits_the_image_lineage(airflow_db, connect, emulator, t
         ),
         "AIRFLOW__CORE__DAGS_FOLDER": str(Path(__file__).resolve().parents[1] / "dags"),
     }
-    conf = json.dumps({"output_base": str(tmp_path / "out")})
-    done = subprocess.run(
-        [sys.executable, "-m", "airflow", "dags", "test", "mai_generate_then_edit", "--conf", conf],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = airflow_dags_test("mai_generate_then_edit", env, {"output_base": str(tmp_path / "out")})
     assert done.returncode == 0, done.stdout[-3000:]
     events = [json.loads(line) for line in events_file.read_text().splitlines()]
     complete = {  # task events are named <dag>.<task>; the DAG's own event has no dot

@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from airflow_provider_mai.emulator import Fault
+from tests.helpers import airflow_dags_test
 
 pytestmark = pytest.mark.integration
 
@@ -44,13 +43,7 @@ def test_no_secret_surfaces_anywhere_in_a_real_dag_run(airflow_db, emulator, mon
     }
     emulator.inject(Fault(status=503), times=1)  # a retry, so the retry path logs too
 
-    result = subprocess.run(
-        [sys.executable, "-m", "airflow", "dags", "test", "mai_test_secrets"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = airflow_dags_test("mai_test_secrets", env)
     console = result.stdout + result.stderr
 
     # The run really used all three secrets...
