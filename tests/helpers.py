@@ -1,8 +1,35 @@
-"""Small test helpers: real images drawn with Pillow."""
+"""Small test helpers: real images drawn with Pillow, a task context, the files a test left."""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
+from types import SimpleNamespace
+
+RUN_ID = "scheduled__2026-11-25T06:00:00+00:00"
+
+
+def task_context(
+    task_id: str = "task", map_index: int = -1, run_id: str = RUN_ID, dag_id: str = "campaign"
+) -> dict:
+    """What the operators read of a task's context: the task instance's ids and the run id."""
+    ti = SimpleNamespace(dag_id=dag_id, task_id=task_id, map_index=map_index)
+    return {"ti": ti, "run_id": run_id}
+
+
+def files_in(folder: Path) -> list[str]:
+    """Every file and folder name under ``folder`` (temporary files included), sorted."""
+    return sorted(p.name for p in Path(folder).rglob("*")) if Path(folder).exists() else []
+
+
+class SleepRecorder:
+    """Stands in for time.sleep in a hook or client, so backoff choices can be read (and tests stay fast)."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
 
 
 def make_png(width: int = 800, height: int = 600, colour: tuple[int, int, int] = (10, 120, 200)) -> bytes:

@@ -253,8 +253,7 @@ def test_fault_rate_answers_a_seeded_share_with_transient_faults(connect):
     from airflow_provider_mai.hooks.mai import MaiHook
 
     with MaiEmulator(api_key=API_KEY, fault_rate=0.3, seed=7) as chaotic:
-        hook = MaiHook(connect(host=chaotic.url, extra={"max_retries": 20}))
-        hook.sleep = lambda seconds: None
+        hook = MaiHook(connect(host=chaotic.url, extra={"max_retries": 20}), sleep=lambda seconds: None)
         for i in range(20):
             assert hook.generate_image(f"p{i}", width=768, height=768).width == 768
         faulted = [r.fault for r in chaotic.requests if r.fault is not None]

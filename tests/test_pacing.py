@@ -71,9 +71,8 @@ def test_separate_processes_never_get_the_same_slot(tmp_path):
 
 
 def test_hook_paces_its_requests_when_rpm_is_set(connect, emulator, tmp_path):
-    hook = MaiHook(connect(extra={"rpm": 30, "rpm_state_dir": str(tmp_path)}))
-    waits: list[float] = []
-    hook.sleep = waits.append  # recorded, not slept: the second slot is 2 s after the first
+    waits: list[float] = []  # recorded, not slept: the second slot is 2 s after the first
+    hook = MaiHook(connect(extra={"rpm": 30, "rpm_state_dir": str(tmp_path / "slots")}), sleep=waits.append)
     hook.generate_image("a", width=768, height=768)
     hook.generate_image("b", width=768, height=768)
     assert len(emulator.requests) == 2
@@ -82,9 +81,8 @@ def test_hook_paces_its_requests_when_rpm_is_set(connect, emulator, tmp_path):
 
 
 def test_without_rpm_nothing_is_paced(connect, emulator):
-    hook = MaiHook(connect())
     waits: list[float] = []
-    hook.sleep = waits.append
+    hook = MaiHook(connect(), sleep=waits.append)
     for prompt in "abc":
         hook.generate_image(prompt, width=768, height=768)
     assert waits == []

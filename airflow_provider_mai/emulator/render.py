@@ -16,8 +16,8 @@ import textwrap
 from functools import lru_cache
 from typing import Any
 
-MIN_SIDE = 768
-MAX_PIXELS = 1_048_576
+from airflow_provider_mai.api import MAX_PIXELS, MIN_SIDE
+
 SNAP = 16
 
 
