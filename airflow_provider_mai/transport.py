@@ -5,7 +5,8 @@
   hold a worker past ``timeout``.
 - **A cap on the body**, checked before allocating (a lying ``Content-Length``), while reading (no
   length), and on the decompressed size (we decompress gzip/deflate ourselves, in bounded steps).
-- **No redirects**: a 3xx comes back as an answer, for the caller to refuse.
+- **No redirects**: a 3xx comes back as an answer (its body bounded like any error's), for the
+  caller to refuse.
 - **Whether the request went out in full** is recorded, so a caller can tell a failure that may
   have been billed (the service had the whole request) from one that cannot have been.
 - **Errors carry no transport text**: exception messages of the HTTP stack can quote header values
@@ -17,6 +18,7 @@ No Airflow and no MAI semantics here: :mod:`airflow_provider_mai.client` gives t
 from __future__ import annotations
 
 import contextlib
+import http.client
 import socket
 import threading
 import time
@@ -80,6 +82,7 @@ class _Attempt:
     request went out in full. Published to the connection classes through a thread-local."""
 
     def __init__(self, seconds: float, clock: Callable[[], float]) -> None:
+        self.seconds = seconds
         self.deadline = clock() + seconds
         self.sent = False
         self.expired = False
@@ -106,6 +109,9 @@ class _Attempt:
                 # The plain socket's shutdown, also for TLS: it wakes a blocked read at once.
                 with contextlib.suppress(OSError):
                     socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def timed_out(self) -> TransportError:
+        return TransportError(f"no complete answer within {self.seconds:g} s", sent=self.sent, kind="timeout")
 
     def finish(self) -> None:
         with self._lock:
@@ -205,17 +211,21 @@ def exchange(
     response: requests.Response | None = None
     complete = False
     try:
-        response = session.post(
-            url,
-            headers=dict(headers),
-            json=json_body,
-            data=form,
-            files=files,
-            timeout=(min(connect_timeout, timeout), timeout),
-            verify=verify,
+        # Straight to the adapter: Session.send would read a redirect's whole body (unbounded) to
+        # offer the next hop; we follow none. Environment proxies and CA settings still apply.
+        prepared = session.prepare_request(
+            requests.Request(
+                "POST", url, headers=dict(headers), json=json_body, data=form, files=files, auth=_no_netrc
+            )
+        )
+        env = session.merge_environment_settings(prepared.url, {}, True, verify, None)
+        response = session.get_adapter(prepared.url or url).send(
+            prepared,
             stream=True,
-            allow_redirects=False,
-            auth=_no_netrc,
+            timeout=(min(connect_timeout, timeout), timeout),
+            verify=env["verify"],
+            cert=env["cert"],
+            proxies=env["proxies"],
         )
         ok = response.status_code == 200
         body, complete = _read_body(
@@ -240,7 +250,7 @@ def exchange(
             f"no connection within {min(connect_timeout, timeout):g} s", sent=False, kind="connect"
         ) from None
     except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-        raise _broken_exchange(exc, attempt, timeout) from None
+        raise _broken_exchange(exc, attempt) from None
     finally:
         attempt.finish()
         _current.attempt = None
@@ -251,30 +261,30 @@ def exchange(
                 response.close()  # unread or broken: the connection is closed, never reused
 
 
-def _broken_exchange(exc: BaseException, attempt: _Attempt, timeout: float) -> TransportError:
+def _broken_exchange(exc: BaseException, attempt: _Attempt) -> TransportError:
     if attempt.expired or isinstance(exc, (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError)):
-        return TransportError(f"no complete answer within {timeout:g} s", sent=attempt.sent, kind="timeout")
-    if not attempt.sent and _never_connected(exc):
-        return TransportError("nothing answered (connection refused)", sent=False, kind="connect")
+        return attempt.timed_out()
+    if not attempt.sent and _caused_by(exc, urllib3.exceptions.NewConnectionError):
+        return TransportError("connection refused", sent=False, kind="connect")
+    if _caused_by(exc, http.client.IncompleteRead, urllib3.exceptions.IncompleteRead):
+        return TransportError("the answer was cut off before its announced end", sent=True, kind="dropped")
     what = "after the request was sent" if attempt.sent else "while sending the request"
     return TransportError(
         f"the connection broke {what} ({type(exc).__name__})", sent=attempt.sent, kind="dropped"
     )
 
 
-def _never_connected(exc: BaseException) -> bool:
-    """Whether the failure happened before any connection existed (refused, unresolvable)."""
+def _caused_by(exc: BaseException, *kinds: type[BaseException]) -> bool:
+    """Whether ``exc`` or what it wraps (urllib3 and requests nest their causes) is one of ``kinds``."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(
-            current, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.NameResolutionError)
-        ):
+        if isinstance(current, kinds):
             return True
-        inner = current.args[0] if current.args and isinstance(current.args[0], BaseException) else None
         reason = getattr(current, "reason", None)
-        current = reason if isinstance(reason, BaseException) else inner
+        inner = next((a for a in current.args if isinstance(a, BaseException)), None)
+        current = reason if isinstance(reason, BaseException) else inner or current.__context__
     return False
 
 
@@ -381,5 +391,5 @@ def _read_body(
                 return body, False
             raise _too_large(limit)
     if attempt.expired:
-        raise TransportError("the answer did not arrive within the deadline", sent=True, kind="timeout")
+        raise attempt.timed_out()
     return body, True

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_mai.emulator.protocol import (
     DEFAULT_BLOCKED_TERMS,
@@ -29,6 +29,9 @@ from airflow_provider_mai.emulator.protocol import (
     RateLimiter,
     Reply,
 )
+
+if TYPE_CHECKING:
+    import ssl
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
 #: Seconds an open connection may sit without sending a byte before it is closed.
@@ -204,6 +207,8 @@ class MaiEmulator:
     :param chaos_faults: the faults ``fault_rate`` draws from (default ``CHAOS_FAULTS``).
     :param seed: seed for the fault and latency draws, for repeatable runs.
     :param idle_timeout: seconds a connection may stay silent before it is closed.
+    :param ssl_context: serve https with this server-side context (e.g. to test a connection's
+        ``ca_bundle`` against a private CA); plain http when None.
     :param verbose: log each request to stderr.
     """
 
@@ -222,6 +227,7 @@ class MaiEmulator:
         chaos_faults: Iterable[Fault] = CHAOS_FAULTS,
         seed: int | None = None,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        ssl_context: ssl.SSLContext | None = None,
         verbose: bool = False,
     ) -> None:
         if not 0.0 <= fault_rate <= 1.0:
@@ -238,6 +244,7 @@ class MaiEmulator:
         self.chaos_faults = tuple(chaos_faults)
         self._random = random.Random(seed)
         self.idle_timeout = idle_timeout
+        self.ssl_context = ssl_context
         self.verbose = verbose
         self.requests: list[RecordedRequest] = []
         self._faults: collections.deque[Fault] = collections.deque()
@@ -282,12 +289,17 @@ class MaiEmulator:
         host, port = self._server.server_address[:2]
         name = host.decode() if isinstance(host, bytes) else str(host)
         name = f"[{name}]" if ":" in name else name
-        return f"http://{name}:{port}"
+        return f"{'https' if self.ssl_context else 'http'}://{name}:{port}"
 
     def start(self) -> MaiEmulator:
         """Bind and serve in a background thread; it accepts requests when this returns."""
         self._stopping.clear()
         self._server = _Server((self._host, self._port), self, self._max_concurrency)
+        if self.ssl_context is not None:
+            # The handshake happens on the first read, in the connection's own thread.
+            self._server.socket = self.ssl_context.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},
