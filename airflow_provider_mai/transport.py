@@ -223,7 +223,7 @@ def exchange(
             prepared,
             stream=True,
             timeout=(min(connect_timeout, timeout), timeout),
-            verify=env["verify"],
+            verify=env["verify"] if env["verify"] is not None else True,
             cert=env["cert"],
             proxies=env["proxies"],
         )
