@@ -49,8 +49,9 @@ if TYPE_CHECKING:
 
 #: The name of the image file part in an edit (the service reads the type from its content type).
 _EDIT_FILENAMES = {"image/png": "image.png", "image/jpeg": "image.jpg"}
-#: The connection test waits this long at most, whatever the connection's ``timeout``.
-PROBE_TIMEOUT = 15.0
+#: The connection test waits this long at most for an answer, and this long for a connection.
+PROBE_TIMEOUT = 10.0
+PROBE_CONNECT_TIMEOUT = 5.0
 
 
 class MaiClient:
@@ -141,7 +142,7 @@ class MaiClient:
         """
         body = {"json_body": {"model": deployment, "prompt": "connection test", "width": 16, "height": 16}}
         try:
-            self._exchange(GENERATIONS_PATH, body, deployment, 1, timeout=PROBE_TIMEOUT)
+            self._exchange(GENERATIONS_PATH, body, deployment, 1, probe=True)
         except MaiError as failure:
             if failure.status_code is None:
                 raise
@@ -151,9 +152,17 @@ class MaiClient:
     # -- one attempt ----------------------------------------------------------------------------
 
     def _exchange(
-        self, path: str, body: Mapping[str, Any], deployment: str, attempt: int, timeout: float | None = None
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        deployment: str,
+        attempt: int,
+        probe: bool = False,
     ) -> Answer:
-        """One HTTP exchange; a non-200 answer becomes its MaiError, a broken one a transient error."""
+        """One HTTP exchange; a non-200 answer becomes its MaiError, a broken one a transient error.
+
+        :param probe: a connection test: shorter waits for the connection and the answer.
+        """
         from airflow_provider_mai.transport import TransportError, exchange
 
         s = self.settings
@@ -162,8 +171,8 @@ class MaiClient:
                 self.session,
                 s.endpoint + path,
                 headers=self.credentials.headers(),
-                timeout=min(timeout or s.timeout, s.timeout),
-                connect_timeout=s.connect_timeout,
+                timeout=min(PROBE_TIMEOUT, s.timeout) if probe else s.timeout,
+                connect_timeout=min(PROBE_CONNECT_TIMEOUT, s.connect_timeout) if probe else s.connect_timeout,
                 max_body=s.max_response_bytes,
                 verify=s.ca_bundle or True,
                 clock=self._clock,

@@ -41,6 +41,8 @@ _NAME_LIMIT = 255 - len("..0123456789ab.probe")
 #: Object stores whose fsspec file system refuses a put over an existing object (``mode="create"``).
 _EXCLUSIVE_PUT_PROTOCOLS = frozenset({"s3", "s3a", "abfs", "abfss", "az"})
 _HTTP_PROTOCOLS = frozenset({"http", "https"})
+#: Seconds to read an opted-in web URL given as edit input.
+WEB_INPUT_TIMEOUT = 60.0
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -105,6 +107,10 @@ def read_image_source(source: ImageSource, *, max_bytes: int, allow_http: bool =
         )
     if isinstance(source, str) and not source.strip():
         raise MaiValidationError("edit input path is empty")
+    if isinstance(source, str) and source.split("://", 1)[0].lower() in _HTTP_PROTOCOLS:
+        if not allow_http:
+            raise _web_refused(source)
+        return LoadedImage(_fetch_web_input(source, max_bytes), source)
     if isinstance(source, (str, os.PathLike)):
         path = open_location(source)
     elif hasattr(source, "open") and hasattr(source, "protocol"):  # ObjectStoragePath / UPath
@@ -114,12 +120,10 @@ def read_image_source(source: ImageSource, *, max_bytes: int, allow_http: bool =
             f"edit input must be bytes, a path, a URI, an ObjectStoragePath or a MAI result; "
             f"got {type(source).__name__}"
         )
-    if path.protocol in _HTTP_PROTOCOLS and not allow_http:
-        raise MaiValidationError(
-            f"edit input {str(path)[:200]!r} is a web URL: reading URLs is off, so a template cannot "
-            "make the worker fetch any address. Copy the image to object storage, or let the "
-            "connection's owner set the extra allow_http_inputs=true."
-        )
+    if path.protocol in _HTTP_PROTOCOLS:
+        if not allow_http:
+            raise _web_refused(str(path))
+        return LoadedImage(_fetch_web_input(str(path), max_bytes), str(path))
     try:
         with path.open("rb") as handle:
             data = handle.read(max_bytes + 1)
@@ -128,6 +132,41 @@ def read_image_source(source: ImageSource, *, max_bytes: int, allow_http: bool =
     except IsADirectoryError:
         raise MaiValidationError(f"edit input is a folder, not an image: {path}") from None
     return LoadedImage(_bounded(data, max_bytes, f"edit input {path}"), str(path))
+
+
+def _web_refused(url: str) -> MaiValidationError:
+    return MaiValidationError(
+        f"edit input {url[:200]!r} is a web URL: reading URLs is off, so a template cannot make the "
+        "worker fetch any address. Copy the image to object storage, or let the connection's owner "
+        "set the extra allow_http_inputs=true."
+    )
+
+
+def _fetch_web_input(url: str, max_bytes: int) -> bytes:
+    """GET an opted-in web URL with the provider's bounds: a deadline, the size cap, no redirects."""
+    from airflow_provider_mai import __version__
+    from airflow_provider_mai.transport import TransportError, exchange, new_session
+
+    session = new_session(f"airflow-provider-mai/{__version__}")
+    try:
+        answer = exchange(
+            session,
+            url,
+            method="GET",
+            headers={},
+            timeout=WEB_INPUT_TIMEOUT,
+            connect_timeout=10,
+            max_body=max_bytes,
+        )
+    except TransportError as exc:
+        if exc.kind == "too_large":
+            raise _too_large(f"edit input {url[:200]}", max_bytes) from None
+        raise MaiValidationError(f"edit input {url[:200]!r} could not be read: {exc.reason}") from None
+    finally:
+        session.close()
+    if answer.status != 200:
+        raise MaiValidationError(f"edit input {url[:200]!r} answered {answer.status}, not an image")
+    return bytes(answer.take_body())
 
 
 def _too_large(what: str, max_bytes: int) -> MaiValidationError:

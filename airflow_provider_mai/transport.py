@@ -188,6 +188,7 @@ def exchange(
     session: requests.Session,
     url: str,
     *,
+    method: str = "POST",
     headers: Mapping[str, str],
     timeout: float,
     connect_timeout: float,
@@ -198,7 +199,8 @@ def exchange(
     files: Mapping[str, tuple[str, bytes, str]] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> Answer:
-    """POST once and read the whole answer within ``timeout`` seconds; raise :class:`TransportError`.
+    """Send once (a POST by default) and read the whole answer within ``timeout`` seconds; raise
+    :class:`TransportError`.
 
     :param verify: a CA bundle path, or True. Passed with the request, so it wins over
         ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` (requests lets those override ``session.verify``).
@@ -215,7 +217,7 @@ def exchange(
         # offer the next hop; we follow none. Environment proxies and CA settings still apply.
         prepared = session.prepare_request(
             requests.Request(
-                "POST", url, headers=dict(headers), json=json_body, data=form, files=files, auth=_no_netrc
+                method, url, headers=dict(headers), json=json_body, data=form, files=files, auth=_no_netrc
             )
         )
         env = session.merge_environment_settings(prepared.url, {}, True, verify, None)
