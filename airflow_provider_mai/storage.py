@@ -286,8 +286,9 @@ def find_reusable(png_path: ObjectStoragePath, fingerprint: str) -> tuple[ImageR
         return None, "it holds an image of another request"
     if hashlib.sha256(png_path.read_bytes()).hexdigest() != sidecar.get("sha256"):
         return None, "the image does not match its sidecar's checksum"
+    # Nothing is sent for a reused image: this task's attempts are 0 (the sidecar keeps the original's).
     record = ImageRecord.from_sidecar(
-        sidecar, uri=str(png_path), sidecar_uri=str(sidecar_path(png_path)), reused=True
+        sidecar, uri=str(png_path), sidecar_uri=str(sidecar_path(png_path)), reused=True, attempts=0
     )
     return record, "it holds this request's image"
 

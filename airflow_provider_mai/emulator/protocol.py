@@ -22,8 +22,8 @@ from email.parser import BytesParser
 from email.policy import HTTP
 from typing import Any
 
+import airflow_provider_mai.emulator.render as render
 from airflow_provider_mai.api import EDITS_PATH, GENERATIONS_PATH, MAX_PIXELS, MIN_SIDE
-from airflow_provider_mai.emulator import render
 
 MODELS = ("MAI-Image-2", "MAI-Image-2e", "MAI-Image-2.5", "MAI-Image-2.5-Flash")
 EDIT_MODELS = frozenset({"MAI-Image-2.5", "MAI-Image-2.5-Flash"})
