@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from airflow_provider_mai.exceptions import MaiConfigurationError, MaiOutputExistsError, MaiValidationError
-from airflow_provider_mai.models import ImageRecord
+from airflow_provider_mai.models import ImageRecord, ImageRequest
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -34,6 +34,9 @@ ImageSource = Union[bytes, bytearray, str, "os.PathLike[str]", "ObjectStoragePat
 
 SIDECAR_SUFFIX = ".json"
 IF_EXISTS_CHOICES = ("overwrite", "skip", "fail")
+#: How an operator names its PNG in a folder: per run (each run its own image), or per request
+#: (the same request always lands at the same path, so ``if_exists="skip"`` reuses it anywhere).
+NAMING_CHOICES = ("run", "request")
 #: Names the operator makes stay under this many bytes, leaving room for the temporary suffixes
 #: (``.<name>.<12 hex>.tmp``) within the 255 bytes most file systems allow.
 MAX_FILE_NAME_BYTES = 200
@@ -204,6 +207,18 @@ def default_file_name(dag_id: str, run_id: str, task_id: str, map_index: int | N
     return short_name("__".join(parts))
 
 
+def request_file_name(request: ImageRequest) -> str:
+    """The name of a request's PNG: the same for the same request in any run, DAG or day.
+
+    A readable prefix (operation, deployment, the prompt's start) and the request fingerprint,
+    which covers everything asked (prompt, deployment, size, extra params, an edit input's sha256).
+    """
+    prompt = safe_name_part(request.prompt)[:60].strip("._") or "image"
+    return short_name(
+        f"{request.operation}__{safe_name_part(request.deployment)}__{prompt}__{request.fingerprint[:20]}"
+    )
+
+
 def resolve_output_path(
     output_path: str | os.PathLike[str] | ObjectStoragePath, file_name: str
 ) -> ObjectStoragePath:
@@ -222,6 +237,19 @@ def sidecar_path(png_path: ObjectStoragePath) -> ObjectStoragePath:
     return png_path.parent / (png_path.stem + SIDECAR_SUFFIX)
 
 
+def check_png_name(name: str, shown: str) -> None:
+    """The file name of an output must end in ``.png`` and fit a file system's 255 bytes."""
+    if not name.lower().endswith(".png"):
+        raise MaiConfigurationError(
+            f"output_path {shown} must name a .png file (or end with '/' to name a folder): the "
+            "service always answers PNG, and the provenance sidecar takes the .json name beside it"
+        )
+    if len(name.encode()) > _NAME_LIMIT:
+        raise MaiConfigurationError(
+            f"output_path's file name is {len(name.encode())} bytes long; at most {_NAME_LIMIT} fit"
+        )
+
+
 def check_output(path: ObjectStoragePath) -> None:
     """Fail early (before any quota is spent) when ``path`` cannot receive an image.
 
@@ -231,15 +259,7 @@ def check_output(path: ObjectStoragePath) -> None:
     read-only mounts and virtual file systems do not show in them). Object stores are checked by
     the write itself: probing them would cost a request and a delete permission.
     """
-    if not path.name.lower().endswith(".png"):
-        raise MaiConfigurationError(
-            f"output_path {path} must name a .png file (or end with '/' to name a folder): the "
-            "service always answers PNG, and the provenance sidecar takes the .json name beside it"
-        )
-    if len(path.name.encode()) > _NAME_LIMIT:
-        raise MaiConfigurationError(
-            f"output_path's file name is {len(path.name.encode())} bytes long; at most {_NAME_LIMIT} fit"
-        )
+    check_png_name(path.name, str(path))
     if not is_local(path):
         return
     target = Path(path.path)

@@ -310,3 +310,19 @@ def test_fault_rate_answers_a_seeded_share_with_transient_faults(connect):
 def test_fault_rate_must_be_a_share():
     with pytest.raises(ValueError, match="between 0 and 1"):
         MaiEmulator(fault_rate=1.5)
+
+
+def test_an_edit_writes_only_in_its_own_band_never_over_the_original_caption():
+    from airflow_provider_mai.emulator.render import render_edit
+
+    source = make_png(1024, 1024, colour=(40, 90, 160))  # one flat colour: any ink shows
+    with Image.open(
+        io.BytesIO(render_edit(source, "a much longer edit prompt " * 6, "MAI-Image-2.5"))
+    ) as image:
+        picture = image.convert("RGB")
+    width, height = picture.size
+    band_top = height - max(130, height // 5)
+    above = picture.crop((0, 0, width, band_top))
+    assert len(above.getcolors(maxcolors=4) or []) == 1  # untouched: the original caption stays readable
+    band = picture.crop((0, band_top, width, height))
+    assert len(band.getcolors(maxcolors=100000) or []) > 2  # the label and the edit prompt are there

@@ -221,7 +221,10 @@ def test_an_oversized_upstream_b64_json_is_refused_before_decoding(connect, emul
 @pytest.mark.parametrize("name", ["x.json", "x.JSON", "x.jpg", "x"])
 def test_an_output_path_that_is_not_a_png_is_refused_before_sending(connect, emulator, tmp_path, name):
     connect()
-    op = MaiGenerateImageOperator(task_id="g", prompt="p", output_path=str(tmp_path / name))
+    with pytest.raises(MaiConfigurationError, match=r"must name a \.png file"):  # a literal: at parse time
+        MaiGenerateImageOperator(task_id="g", prompt="p", output_path=str(tmp_path / name))
+    op = MaiGenerateImageOperator(task_id="g", prompt="p", output_path="{{ params.out }}")
+    op.output_path = str(tmp_path / name)  # as rendered
     with pytest.raises(MaiConfigurationError, match=r"must name a \.png file"):
         op.execute(task_context())
     assert emulator.requests == []

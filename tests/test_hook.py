@@ -593,3 +593,29 @@ def test_json_body_is_what_the_docs_describe(hook, emulator):
         "width": 768,
         "height": 1365,
     }
+
+
+@pytest.mark.parametrize(
+    ("fault", "words"),
+    [
+        (
+            Fault(status=401, body={"error": {"code": "401", "message": "Access denied."}}),
+            "Access denied. Check",
+        ),
+        (Fault(status=404, body={"error": {"code": "404", "message": "Not here."}}), "Not here. Check"),
+        (
+            Fault(
+                status=400,
+                body={"error": {"code": "content_filter", "message": "Blocked by label 'X'."}},
+            ),
+            "Blocked by label 'X'. Change",
+        ),
+        (Fault(status=400, body={"error": {"code": "bad", "message": "Nope..."}}), "Nope. Sizes"),
+    ],
+)
+def test_messages_quote_the_service_with_one_full_stop(hook, emulator, fault, words):
+    emulator.inject(fault)
+    with pytest.raises(MaiError) as info:
+        hook.generate_image("x", width=768, height=768)
+    assert words in str(info.value)
+    assert ".." not in str(info.value)

@@ -250,7 +250,13 @@ def test_a_failed_run_leaves_the_earlier_image_intact_and_no_partial_files(conne
     ],
 )
 def test_bad_generation_input_sends_nothing(emulator, kwargs, error, match):
-    op = MaiGenerateImageOperator(task_id="g", **{"prompt": "p", **kwargs})
+    # A literal is refused when the operator is built: the DAG shows an import error at parse time.
+    with pytest.raises(error, match=match):
+        MaiGenerateImageOperator(task_id="g", **{"prompt": "p", **kwargs})
+    # The same value arriving through a template is refused when the task runs, before any request.
+    op = MaiGenerateImageOperator(task_id="g", **{"prompt": "p", **dict.fromkeys(kwargs, "{{ x }}")})
+    for name, value in kwargs.items():
+        setattr(op, name, value)  # what rendering the template would have produced
     with pytest.raises(error, match=match):
         op.execute(context())
     assert emulator.requests == []

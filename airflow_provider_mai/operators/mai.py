@@ -9,19 +9,32 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
 
 from airflow_provider_mai.exceptions import MaiOutputExistsError, MaiValidationError
-from airflow_provider_mai.storage import IF_EXISTS_CHOICES
+from airflow_provider_mai.models import EditRequest, GenerateRequest
+from airflow_provider_mai.storage import IF_EXISTS_CHOICES, NAMING_CHOICES, check_png_name
+from airflow_provider_mai.validation import validate_extra_params, validate_prompt, validate_size
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
     from airflow_provider_mai.hooks.mai import MaiHook
-    from airflow_provider_mai.models import EditRequest, GenerateRequest, ImageRecord, ImageRequest
+    from airflow_provider_mai.models import ImageRecord, ImageRequest
     from airflow_provider_mai.storage import ImageSource
+
+
+def is_literal(value: Any) -> bool:
+    """Whether ``value`` is known when the DAG is parsed: not a Jinja template, not an upstream output.
+
+    Such values are checked at once, so a bad one shows as an import error of the DAG (as official
+    operators do); templated values are checked after rendering, when the task runs.
+    """
+    if isinstance(value, str):
+        return "{{" not in value and "{%" not in value
+    return isinstance(value, (int, float, dict, list, tuple, type(None)))
 
 
 class MaiBaseImageOperator(BaseOperator):
@@ -36,6 +49,10 @@ class MaiBaseImageOperator(BaseOperator):
     :param if_exists: when ``output_path`` already holds an image: ``"overwrite"`` (default),
         ``"skip"`` (if its sidecar records the same request, return it and spend no quota), or
         ``"fail"`` (also when another task writes it first while this one runs).
+    :param naming: how the file is named when ``output_path`` is a folder: ``"run"`` (default:
+        ``<dag>__<run>__<task>[__<map index>].png``, each run its own image) or ``"request"``
+        (``<operation>__<deployment>__<prompt start>__<fingerprint>.png``: the same request lands at
+        the same path in every run, DAG and day, so with ``if_exists="skip"`` it is made once).
     :param extra_params: more request fields for newer models (templated), e.g.
         ``{"auto_aspect_ratio": True}``.
     :param mai_conn_id: the Airflow connection of type ``mai``.
@@ -44,6 +61,8 @@ class MaiBaseImageOperator(BaseOperator):
     template_fields: Sequence[str] = ("prompt", "model", "output_path", "extra_params")
     template_fields_renderers = {"extra_params": "json"}
     ui_color = "#e8f1fb"
+    #: The request this operator sends (its rules for ``extra_params`` are checked at parse time).
+    request_type: ClassVar[type[GenerateRequest] | type[EditRequest]] = GenerateRequest
 
     def __init__(
         self,
@@ -52,6 +71,7 @@ class MaiBaseImageOperator(BaseOperator):
         model: str | None = None,
         output_path: str | ObjectStoragePath | None = None,
         if_exists: str = "overwrite",
+        naming: str = "run",
         extra_params: dict[str, Any] | None = None,
         mai_conn_id: str = "mai_default",
         **kwargs: Any,
@@ -59,12 +79,22 @@ class MaiBaseImageOperator(BaseOperator):
         super().__init__(**kwargs)
         if if_exists not in IF_EXISTS_CHOICES:
             raise ValueError(f"if_exists must be one of {', '.join(IF_EXISTS_CHOICES)}; got {if_exists!r}")
+        if naming not in NAMING_CHOICES:
+            raise ValueError(f"naming must be one of {', '.join(NAMING_CHOICES)}; got {naming!r}")
         self.prompt = prompt
         self.model = model
         self.output_path = output_path
         self.if_exists = if_exists
+        self.naming = naming
         self.extra_params = extra_params
         self.mai_conn_id = mai_conn_id
+        # What is known now is checked now: a bad literal is an import error of the DAG.
+        if is_literal(prompt):
+            validate_prompt(prompt)
+        if is_literal(extra_params):
+            validate_extra_params(extra_params, self.request_type.reserved)
+        if isinstance(output_path, str) and is_literal(output_path) and not output_path.endswith("/"):
+            check_png_name(output_path.rsplit("/", 1)[-1], output_path)
 
     @cached_property
     def hook(self) -> MaiHook:
@@ -79,19 +109,22 @@ class MaiBaseImageOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         request = self._request()
-        location = self._location(context)
+        location = self._location(context, request)
         self._record = self._produce(request, location)
         return self._record.to_xcom()
 
-    def _location(self, context: Context) -> ObjectStoragePath | None:
+    def _location(self, context: Context, request: ImageRequest) -> ObjectStoragePath | None:
         from airflow_provider_mai import storage
 
         if self.output_path is None or self.output_path == "":
             return None
-        ti = context["ti"]
-        name = storage.default_file_name(
-            ti.dag_id, context["run_id"], ti.task_id, getattr(ti, "map_index", -1)
-        )
+        if self.naming == "request":
+            name = storage.request_file_name(request)
+        else:
+            ti = context["ti"]
+            name = storage.default_file_name(
+                ti.dag_id, context["run_id"], ti.task_id, getattr(ti, "map_index", -1)
+            )
         return storage.resolve_output_path(self.output_path, name)
 
     def _produce(self, request: ImageRequest, location: ObjectStoragePath | None) -> ImageRecord:
@@ -176,6 +209,8 @@ class MaiGenerateImageOperator(MaiBaseImageOperator):
         super().__init__(**kwargs)
         self.width = width
         self.height = height
+        if is_literal(width) and is_literal(height):
+            validate_size(width, height)
 
     def _request(self) -> GenerateRequest:
         return self.hook.generate_request(
@@ -206,6 +241,7 @@ class MaiEditImageOperator(MaiBaseImageOperator):
 
     template_fields: Sequence[str] = (*MaiBaseImageOperator.template_fields, "image")
     ui_color = "#fbeee8"
+    request_type = EditRequest
 
     def __init__(self, *, image: ImageSource, **kwargs: Any) -> None:
         super().__init__(**kwargs)
