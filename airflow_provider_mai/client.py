@@ -61,7 +61,6 @@ class MaiClient:
     :param credential: an azure-identity ``TokenCredential`` to use for Entra ID instead of the one
         the settings describe.
     :param sleep: how to wait (backoff, pacing); tests pass a recorder.
-    :param clock: monotonic seconds, for deadlines.
     :param log: where retries and pacing are reported (a logger; default this module's).
     :param on_secret: called with every secret the client starts using (e.g. a log masker).
     :param pacer_factory: builds the send-slot schedule of one quota key (``endpoint|deployment``)
@@ -75,7 +74,6 @@ class MaiClient:
         *,
         credential: TokenCredential | None = None,
         sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
         log: Any = None,
         on_secret: Callable[[str], None] | None = None,
         pacer_factory: Callable[[str], Any] | None = None,
@@ -86,7 +84,6 @@ class MaiClient:
             settings.max_retries, settings.retry_base_delay, settings.retry_max_delay
         )
         self._sleep = sleep
-        self._clock = clock
         self.log = log or logging.getLogger(__name__)
         self._pacer_factory = pacer_factory
         self._pacers: dict[str, Any] = {}
@@ -175,7 +172,6 @@ class MaiClient:
                 connect_timeout=min(PROBE_CONNECT_TIMEOUT, s.connect_timeout) if probe else s.connect_timeout,
                 max_body=s.max_response_bytes,
                 verify=s.ca_bundle or True,
-                clock=self._clock,
                 **body,
             )
         except TransportError as exc:

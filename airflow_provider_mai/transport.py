@@ -21,7 +21,6 @@ import contextlib
 import http.client
 import socket
 import threading
-import time
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    pass
 
 #: Bytes read from the socket at a time.
 READ_CHUNK = 1 << 20
@@ -81,9 +80,8 @@ class _Attempt:
     """One exchange as its connection sees it: the socket to cut at the deadline, whether the
     request went out in full. Published to the connection classes through a thread-local."""
 
-    def __init__(self, seconds: float, clock: Callable[[], float]) -> None:
+    def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self.deadline = clock() + seconds
         self.sent = False
         self.expired = False
         self._connection: HTTPConnection | None = None
@@ -197,7 +195,6 @@ def exchange(
     json_body: Any = None,
     form: Mapping[str, str] | None = None,
     files: Mapping[str, tuple[str, bytes, str]] | None = None,
-    clock: Callable[[], float] = time.monotonic,
 ) -> Answer:
     """Send once (a POST by default) and read the whole answer within ``timeout`` seconds; raise
     :class:`TransportError`.
@@ -207,7 +204,7 @@ def exchange(
     :param max_body: the largest 200 body accepted, after decompression. Error answers are read up
         to :data:`MAX_ERROR_BODY` bytes and cut there.
     """
-    attempt = _Attempt(timeout, clock)
+    attempt = _Attempt(timeout)
     _current.attempt = attempt
     attempt.start()
     response: requests.Response | None = None
