@@ -18,3 +18,7 @@ MAX_PIXELS = 1_048_576
 MAX_PROMPT_CHARS = 128_000
 #: Deployments of these models accept edits (the service is the judge; this is for messages).
 EDIT_MODELS_TEXT = "MAI-Image-2.5 and 2.5-Flash"
+#: Request fields a generation sets itself: ``extra_params`` cannot override them.
+GENERATE_OWN_FIELDS = frozenset({"model", "prompt", "image", "width", "height"})
+#: Request fields an edit sets itself (``width``/``height`` may be passed, under the size rule).
+EDIT_OWN_FIELDS = frozenset({"model", "prompt", "image"})

@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from functools import cached_property
 from typing import Any, ClassVar
 
+from airflow_provider_mai.api import EDIT_OWN_FIELDS, GENERATE_OWN_FIELDS
 from airflow_provider_mai.validation import (
     validate_edit_image,
     validate_extra_params,
@@ -55,7 +56,7 @@ class GenerateRequest:
     """
 
     operation: ClassVar[str] = "generate"
-    reserved: ClassVar[frozenset[str]] = frozenset({"model", "prompt", "image", "width", "height"})
+    reserved: ClassVar[frozenset[str]] = GENERATE_OWN_FIELDS
 
     prompt: str
     width: int
@@ -98,7 +99,7 @@ class EditRequest:
     """
 
     operation: ClassVar[str] = "edit"
-    reserved: ClassVar[frozenset[str]] = frozenset({"model", "prompt", "image"})
+    reserved: ClassVar[frozenset[str]] = EDIT_OWN_FIELDS
 
     image: bytes = field(repr=False)
     prompt: str

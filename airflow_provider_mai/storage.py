@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from airflow_provider_mai.exceptions import MaiConfigurationError, MaiOutputExistsError, MaiValidationError
-from airflow_provider_mai.models import ImageRecord, ImageRequest
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_mai.models import ImageRecord, ImageRequest
 
 #: What an edit accepts as its input image.
 ImageSource = Union[bytes, bytearray, str, "os.PathLike[str]", "ObjectStoragePath", Mapping[str, Any]]
@@ -306,6 +307,8 @@ def find_reusable(png_path: ObjectStoragePath, fingerprint: str) -> tuple[ImageR
         return None, "it holds an image of another request"
     if hashlib.sha256(png_path.read_bytes()).hexdigest() != sidecar.get("sha256"):
         return None, "the image does not match its sidecar's checksum"
+    from airflow_provider_mai.models import ImageRecord
+
     # Nothing is sent for a reused image: this task's attempts are 0 (the sidecar keeps the original's).
     record = ImageRecord.from_sidecar(
         sidecar, uri=str(png_path), sidecar_uri=str(sidecar_path(png_path)), reused=True, attempts=0

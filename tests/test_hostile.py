@@ -283,3 +283,36 @@ def test_every_answer_stays_inside_the_deadline_even_when_the_server_never_answe
         hold.set()
     assert elapsed < 6
     assert info.value.possibly_billed  # the whole request had reached the server
+
+
+def _call_in_child(url: str, queue) -> None:  # type: ignore[no-untyped-def]
+    from airflow_provider_mai.client import MaiClient
+    from airflow_provider_mai.models import GenerateRequest
+    from airflow_provider_mai.settings import MaiSettings
+
+    settings = MaiSettings.from_connection(
+        "child", host=url, password="k", extra={"timeout": 1, "max_retries": 0}
+    )
+    started = time.monotonic()
+    try:
+        MaiClient(settings).send(GenerateRequest("x", 768, 768, deployment="d"))
+        queue.put(("answered", 0.0))
+    except MaiTransientError as exc:
+        queue.put((exc.message, time.monotonic() - started))
+
+
+def test_the_deadline_holds_in_a_forked_worker_process(connect):
+    # Celery's prefork pool and Airflow's task runner fork: the deadline thread must exist there too.
+    import multiprocessing
+
+    with RawServer(drip("length")) as server:  # each byte in time: only the deadline can end it
+        parent = MaiHook(connect(host=server.url, extra={"timeout": 0.5, "max_retries": 0}))
+        with pytest.raises(MaiTransientError):  # the parent's deadline thread is running now
+            parent.generate_image("x", width=768, height=768)
+        queue = multiprocessing.get_context("fork").Queue()
+        child = multiprocessing.get_context("fork").Process(target=_call_in_child, args=(server.url, queue))
+        child.start()
+        message, elapsed = queue.get(timeout=40)
+        child.join(timeout=30)
+    assert "within 1 s" in message
+    assert elapsed < 6

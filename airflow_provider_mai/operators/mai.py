@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_mai.api import EDIT_OWN_FIELDS, GENERATE_OWN_FIELDS
 from airflow_provider_mai.exceptions import MaiOutputExistsError, MaiValidationError
-from airflow_provider_mai.models import EditRequest, GenerateRequest
 from airflow_provider_mai.storage import IF_EXISTS_CHOICES, NAMING_CHOICES, check_png_name
 from airflow_provider_mai.validation import validate_extra_params, validate_prompt, validate_size
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
     from airflow_provider_mai.hooks.mai import MaiHook
-    from airflow_provider_mai.models import ImageRecord, ImageRequest
+    from airflow_provider_mai.models import EditRequest, GenerateRequest, ImageRecord, ImageRequest
     from airflow_provider_mai.storage import ImageSource
 
 
@@ -61,8 +61,8 @@ class MaiBaseImageOperator(BaseOperator):
     template_fields: Sequence[str] = ("prompt", "model", "output_path", "extra_params")
     template_fields_renderers = {"extra_params": "json"}
     ui_color = "#e8f1fb"
-    #: The request this operator sends (its rules for ``extra_params`` are checked at parse time).
-    request_type: ClassVar[type[GenerateRequest] | type[EditRequest]] = GenerateRequest
+    #: Fields the request sets itself, which ``extra_params`` cannot (checked at parse time too).
+    own_fields: ClassVar[frozenset[str]] = GENERATE_OWN_FIELDS
 
     def __init__(
         self,
@@ -92,7 +92,7 @@ class MaiBaseImageOperator(BaseOperator):
         if is_literal(prompt):
             validate_prompt(prompt)
         if is_literal(extra_params):
-            validate_extra_params(extra_params, self.request_type.reserved)
+            validate_extra_params(extra_params, self.own_fields)
         if isinstance(output_path, str) and is_literal(output_path) and not output_path.endswith("/"):
             check_png_name(output_path.rsplit("/", 1)[-1], output_path)
 
@@ -241,7 +241,7 @@ class MaiEditImageOperator(MaiBaseImageOperator):
 
     template_fields: Sequence[str] = (*MaiBaseImageOperator.template_fields, "image")
     ui_color = "#fbeee8"
-    request_type = EditRequest
+    own_fields = EDIT_OWN_FIELDS
 
     def __init__(self, *, image: ImageSource, **kwargs: Any) -> None:
         super().__init__(**kwargs)
