@@ -61,6 +61,12 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
         "A shared volume with file locks extends pacing across hosts.",
         "schema": {"type": ["string", "null"]},
     },
+    "rpm_redis_conn_id": {
+        "label": "Pacing Redis connection",
+        "description": "Id of an Airflow Redis connection whose server holds the send-slot schedule for "
+        "'rpm', so pacing holds across worker hosts (e.g. the Celery broker's Redis).",
+        "schema": {"type": ["string", "null"]},
+    },
     "ca_bundle": {
         "label": "CA bundle path",
         "description": "Path to a PEM CA bundle for a TLS-inspecting corporate proxy. Verification "
@@ -86,6 +92,7 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
         "timeout": "300",
         "max_retries": "5",
         "rpm": "12",
+        "rpm_redis_conn_id": "redis_default",
     },
 }
 

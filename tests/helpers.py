@@ -43,6 +43,21 @@ def reserve_pacing_slots(state_dir: str, rpm: float, count: int, queue) -> None:
     queue.put(slots)
 
 
+def reserve_redis_pacing_slots(redis_url: str, rpm: float, count: int, queue) -> None:  # type: ignore[no-untyped-def]
+    """In a child process: take ``count`` send slots from Redis and report their wall-clock times."""
+    import time
+
+    from airflow_provider_mai.pacing_redis import RedisRequestPacer
+
+    pacer = RedisRequestPacer("shared", rpm, redis_url)
+    slots = []
+    for _ in range(count):
+        before = time.time()
+        wait = pacer.reserve()
+        slots.append((before + time.time()) / 2 + wait)  # the server's "now" fell in between
+    queue.put(slots)
+
+
 def airflow_dags_test(dag_id: str, env: dict[str, str], conf: dict | None = None):  # type: ignore[no-untyped-def]
     """Run ``airflow dags test DAG_ID`` in a child process, as a user would; return its result."""
     import json

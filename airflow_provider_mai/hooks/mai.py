@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from azure.core.credentials import AccessToken, TokenCredential
 
     from airflow_provider_mai.pacing import RequestPacer
+    from airflow_provider_mai.pacing_redis import RedisRequestPacer
     from airflow_provider_mai.storage import ImageSource
 
 GENERATIONS_PATH = "/mai/v1/images/generations"
@@ -115,6 +116,7 @@ class _Settings:
     ca_bundle: str | None
     rpm: float | None = None
     rpm_state_dir: str | None = None
+    rpm_redis_conn_id: str | None = None
 
 
 def _extra(extras: Mapping[str, Any], name: str) -> Any:
@@ -205,7 +207,7 @@ class MaiHook(BaseHook):
         self._token: AccessToken | None = None
         self._token_lock = threading.Lock()
         self.sleep: Callable[[float], None] = time.sleep
-        self._pacers: dict[str, RequestPacer] = {}
+        self._pacers: dict[str, RequestPacer | RedisRequestPacer] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(mai_conn_id={self.mai_conn_id!r})"
@@ -243,6 +245,7 @@ class MaiHook(BaseHook):
             ca_bundle=_extra(extras, "ca_bundle"),
             rpm=_number(extras, "rpm", 0.0, float) or None,
             rpm_state_dir=_extra(extras, "rpm_state_dir"),
+            rpm_redis_conn_id=_extra(extras, "rpm_redis_conn_id"),
         )
         from airflow.sdk.log import mask_secret
 
@@ -338,16 +341,34 @@ class MaiHook(BaseHook):
             return
         pacer = self._pacers.get(deployment)
         if pacer is None:
-            from airflow_provider_mai.pacing import RequestPacer
-
             key = f"{self.settings.endpoint}|{deployment}"
-            pacer = self._pacers[deployment] = RequestPacer(key, rpm, self.settings.rpm_state_dir)
+            pacer = self._pacers[deployment] = self._new_pacer(key, rpm)
         wait = pacer.reserve()
         if wait > 0:
             self.log.info(
                 "Pacing deployment %r at %g requests/minute: sending in %.1f s", deployment, rpm, wait
             )
             self.sleep(wait)
+
+    def _new_pacer(self, key: str, rpm: float) -> RequestPacer | RedisRequestPacer:
+        """The send-slot schedule: in Redis with extra ``rpm_redis_conn_id``, else a file on this host."""
+        redis_conn_id = self.settings.rpm_redis_conn_id
+        if not redis_conn_id:
+            from airflow_provider_mai.pacing import RequestPacer
+
+            return RequestPacer(key, rpm, self.settings.rpm_state_dir)
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        from airflow_provider_mai.pacing_redis import RedisRequestPacer, redis_url_from_connection
+
+        try:
+            redis_conn = self.get_connection(redis_conn_id)
+        except AirflowNotFoundException:
+            raise MaiConfigurationError(
+                f"connection extra rpm_redis_conn_id names {redis_conn_id!r}, which is not defined: "
+                "create that Redis connection (type redis: host, port, password, extra db)"
+            ) from None
+        return RedisRequestPacer(key, rpm, redis_url_from_connection(redis_conn))
 
     def _post(
         self,
