@@ -765,19 +765,22 @@ def start_airflow(stack: Stack, within: float) -> None:
         stack.wait_healthy(name, within, lambda name=name: component_health(stack, name))
 
 
+def mai_connection(stack: Stack, connection_id: str, emulator_url: str, **extra: Any) -> dict[str, Any]:
+    """A ``mai`` connection (REST API form) to an emulator taking the stack's API key."""
+    return {
+        "connection_id": connection_id,
+        "conn_type": "mai",
+        "host": emulator_url,
+        "password": stack.secrets["api_key"],
+        "extra": json.dumps({"deployment": "mai-image-2-5", **extra}),
+    }
+
+
 def configure(stack: Stack, within: float) -> None:
     """The ``mai_default`` connection (to the emulator), the pacing Redis connection, the pool;
     then wait until the example DAGs are parsed."""
     api = stack.api()
-    api.put_connection(
-        {
-            "connection_id": "mai_default",
-            "conn_type": "mai",
-            "host": stack.emulator_url,
-            "password": stack.secrets["api_key"],
-            "extra": json.dumps({"deployment": "mai-image-2-5"}),
-        }
-    )
+    api.put_connection(mai_connection(stack, "mai_default", stack.emulator_url))
     api.put_connection(
         {
             "connection_id": PACING_REDIS_CONN,
@@ -865,11 +868,13 @@ class AirflowApi:
         return True
 
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None, **run: Any) -> dict[str, Any]:
-        """Unpause ``dag_id`` and start a run; the new run (``dag_run_id``, ``state``...)."""
+        """Unpause ``dag_id`` and start a run, logical date now (so ``{{ ds }}`` renders); the new run
+        (``dag_run_id``, ``state``...). ``run`` adds fields of the request body."""
+        from datetime import datetime, timezone
+
         self.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
-        return self.request(
-            "POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf or {}, **run}
-        )
+        body = {"logical_date": datetime.now(timezone.utc).isoformat(), "conf": conf or {}, **run}
+        return self.request("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)
 
     def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return self.get(f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}")

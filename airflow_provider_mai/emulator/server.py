@@ -97,6 +97,8 @@ class RecordedRequest:
     image: bytes | None = None
     status: int | None = None
     fault: Fault | None = None
+    #: When the request arrived (wall-clock seconds), e.g. to check how requests were paced.
+    received: float = field(default_factory=time.time)
 
     @property
     def deployment(self) -> str | None:
