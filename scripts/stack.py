@@ -856,7 +856,8 @@ class AirflowApi:
 
     def put_pool(self, name: str, slots: int, description: str = "") -> None:
         """Create a pool or set its size."""
-        self._put("pools", name, {"name": name, "slots": slots, "description": description})
+        body = {"name": name, "slots": slots, "description": description, "include_deferred": False}
+        self._put("pools", name, body)
 
     def dag_exists(self, dag_id: str) -> bool:
         try:
