@@ -123,15 +123,28 @@ class Process:
                 os.kill(self.pid, sig)
 
 
+def _all_stats() -> Iterator[tuple[int, list[str]]]:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))):
+            yield int(entry.name), fields
+
+
 def children_by_parent() -> dict[int, list[int]]:
     """Every process on the machine, grouped under its parent's PID."""
     tree: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            fields = _stat(int(entry.name))
-            if fields:
-                tree.setdefault(int(fields[1]), []).append(int(entry.name))
+    for pid, fields in _all_stats():
+        tree.setdefault(int(fields[1]), []).append(pid)
     return tree
+
+
+def session_members(leader: Process) -> list[Process]:
+    """Processes of the session ``leader`` started (we start each component in its own session):
+    they stay in it when their parent dies and they move under init, out of the tree."""
+    return [
+        Process(pid, int(fields[19]))
+        for pid, fields in _all_stats()
+        if int(fields[3]) == leader.pid and int(fields[19]) >= leader.started and pid != leader.pid
+    ]
 
 
 def process_tree(pid: int) -> list[Process]:
@@ -1023,7 +1036,11 @@ def down(purge: bool) -> int:
     stack = Stack()
     groups = [list(Stack.AIRFLOW), ["emulator", "redis"], ["postgres"]]
     for group in groups:
-        trees = {name: process_tree(p.pid) for name in group if (p := stack.running(name)) is not None}
+        trees = {
+            name: list({q.pid: q for q in [*process_tree(p.pid), *session_members(p)]}.values())
+            for name in group
+            if (p := stack.running(name)) is not None
+        }
         # PostgreSQL's fast shutdown is SIGINT; SIGTERM would wait for every client to leave.
         for name, tree in trees.items():
             tree[0].signal(signal.SIGINT if name == "postgres" else signal.SIGTERM)

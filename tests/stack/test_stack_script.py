@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -38,6 +39,21 @@ def test_every_component_listens_on_loopback_only(stack):
         assert f"127.0.0.1:{stack.ports[port]}" in status[name]["listening"]
     for name in ("scheduler", "triggerer", *stack_script.WORKERS):  # no log servers
         assert status[name]["listening"] == []
+
+
+def test_no_secret_on_any_command_line(stack):
+    # Command lines are world-readable (ps, /proc/*/cmdline): secrets travel in 0600 files and the
+    # environment only.
+    processes = [
+        p
+        for name in (*stack.COMPONENTS, *stack_script.WORKERS)
+        for p in stack_script.process_tree(stack.running(name).pid)
+    ]
+    assert len(processes) > 20
+    command_lines = [Path(f"/proc/{p.pid}/cmdline").read_bytes() for p in processes if p.alive()]
+    assert [
+        n for n, secret in stack.secrets.items() if any(secret.encode() in c for c in command_lines)
+    ] == []
 
 
 def test_up_on_a_running_stack_starts_nothing(stack):
