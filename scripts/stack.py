@@ -108,16 +108,19 @@ class Process:
 
     @classmethod
     def of(cls, pid: int) -> Process:
+        """The process running as ``pid`` now."""
         started = start_time(pid)
         if started is None:
             raise StackError(f"process {pid} exited at once")
         return cls(pid, started)
 
     def alive(self) -> bool:
+        """Whether this very process still runs (not ended, not a zombie, PID not reused)."""
         fields = _stat(self.pid)
         return fields is not None and int(fields[19]) == self.started and fields[0] != "Z"
 
     def signal(self, sig: int) -> None:
+        """Send ``sig`` if this very process still runs."""
         if self.alive():
             with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
                 os.kill(self.pid, sig)
@@ -278,40 +281,50 @@ class Stack:
 
     @property
     def ports(self) -> dict[str, int]:
+        """Port of each service: ``api``, ``postgres``, ``redis``, ``emulator``."""
         return self.state.setdefault("ports", {})
 
     @property
     def secrets(self) -> dict[str, str]:
+        """Passwords, keys and the API key, generated once (kept in the 0600 state file)."""
         return self.state.setdefault("secrets", {})
 
     @property
     def processes(self) -> dict[str, Process]:
+        """The process of each component, as recorded (alive or not)."""
         return {name: Process(**p) for name, p in self.state.get("processes", {}).items()}
 
     @property
     def api_url(self) -> str:
+        """The api-server (UI, REST API, execution API)."""
         return f"http://{LOOPBACK}:{self.ports['api']}"
 
     @property
     def emulator_url(self) -> str:
+        """The stack's MAI emulator."""
         return f"http://{LOOPBACK}:{self.ports['emulator']}"
 
     @property
     def redis_url(self) -> str:
+        """Redis with its password, without a database number."""
         return f"redis://:{self.secrets['redis_password']}@{LOOPBACK}:{self.ports['redis']}"
 
     @property
     def database_url(self) -> str:
+        """The metadata database, as SQLAlchemy takes it."""
         password = self.secrets["postgres_password"]
         return f"postgresql+psycopg2://airflow:{password}@{LOOPBACK}:{self.ports['postgres']}/airflow"
 
     def log_file(self, component: str) -> Path:
+        """Where a component's output goes."""
         return self.logs / f"{component}.log"
 
     def save(self) -> None:
+        """Write the state file (mode 0600)."""
         _write_private(self.state_file, json.dumps(self.state, indent=2, sort_keys=True))
 
     def record(self, name: str, process: Process | None) -> None:
+        """Remember (or, with None, forget) the process of a component."""
         processes = self.state.setdefault("processes", {})
         if process is None:
             processes.pop(name, None)
@@ -320,6 +333,7 @@ class Stack:
         self.save()
 
     def running(self, name: str) -> Process | None:
+        """The component's process if it is alive."""
         process = self.processes.get(name)
         return process if process is not None and process.alive() else None
 
@@ -853,6 +867,7 @@ class AirflowApi:
         return json.loads(raw) if raw else None
 
     def get(self, path: str, **query: Any) -> Any:
+        """GET with query parameters."""
         return self.request("GET", path + (f"?{urllib.parse.urlencode(query)}" if query else ""))
 
     def _put(self, collection: str, key: str, body: dict[str, Any]) -> None:
@@ -873,6 +888,7 @@ class AirflowApi:
         self._put("pools", name, body)
 
     def dag_exists(self, dag_id: str) -> bool:
+        """Whether the DAG is parsed and known to the api-server."""
         try:
             self.get(f"/api/v2/dags/{dag_id}")
         except urllib.error.HTTPError as exc:
@@ -891,6 +907,7 @@ class AirflowApi:
         return self.request("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)
 
     def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        """A DAG run (``state``, ``start_date``, ``end_date``...)."""
         return self.get(f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}")
 
     def wait_for_run(self, dag_id: str, run_id: str, within: float, interval: float = 1.0) -> dict[str, Any]:

@@ -35,19 +35,36 @@ TEST_CONN = "mai_stack"
 TEST_POOL = "mai_stack"
 
 
+#: One-line measurements the tests report, printed at the end of the run (CI's log keeps them).
+MEASUREMENTS: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if MEASUREMENTS:
+        terminalreporter.section("stack measurements")
+        for line in MEASUREMENTS:
+            terminalreporter.write_line(line)
+
+
 @pytest.fixture(scope="session")
-def stack() -> stack_script.Stack:
-    """The running stack, every component alive."""
+def stack_is_up() -> None:
+    """Skip (fail under CI) unless every component of the stack runs."""
     stack = stack_script.Stack()
     down = [n for n in (*stack.COMPONENTS, *stack_script.WORKERS) if stack.running(n) is None]
     if not stack.state.get("processes") or down:
         unavailable(f"the stack is not up ({', '.join(down)} not running): bash scripts/stack.sh up")
-    return stack
+
+
+@pytest.fixture
+def stack(stack_is_up: None) -> stack_script.Stack:
+    """The running stack, its state read afresh (a test may restart a component)."""
+    return stack_script.Stack()
 
 
 @pytest.fixture(scope="session")
-def api(stack: stack_script.Stack) -> stack_script.AirflowApi:
+def api(stack_is_up: None) -> stack_script.AirflowApi:
     """The stack's REST API, logged in as its admin."""
+    stack = stack_script.Stack()
     api = stack.api()
     for dag_id in ("mai_product_batch", "mai_stack_generate", "mai_daily_campaign"):
         assert (

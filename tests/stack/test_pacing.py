@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_mai.pacing import SAFETY_MARGIN
-from tests.stack.conftest import TEST_POOL, run_dag, stack_script, stray_files
+from tests.stack.conftest import MEASUREMENTS, TEST_POOL, run_dag, stack_script, stray_files
 
 pytestmark = pytest.mark.stack
 
@@ -45,10 +45,19 @@ def gaps(times: list[float]) -> list[float]:
     return [b - a for a, b in itertools.pairwise(times)]
 
 
+def report(label: str, times: list[float]) -> None:
+    rate = (len(times) - 1) / (times[-1] - times[0]) * 60
+    MEASUREMENTS.append(
+        f"pacing, {label}: {rate:.1f} requests/min sent at rpm {RPM}, closest two {min(gaps(times)):.2f} s "
+        f"apart (slot {INTERVAL:.2f} s)"
+    )
+
+
 @pytest.mark.timeout(300)
 def test_file_pacing_with_a_shared_state_dir_spaces_both_workers(stack, api, output, stack_emulator):
     shared = stack.folder / "pacing-shared"
     times, workers = send_times(stack_emulator, api, output, rpm_state_dir=str(shared))
+    report("one shared rpm_state_dir", times)
     assert workers == {"stack-worker1", "stack-worker2"}
     assert min(gaps(times)) >= 0.9 * INTERVAL  # one schedule for both (minus send jitter)
 
@@ -58,6 +67,7 @@ def test_per_host_file_pacing_over_sends_and_redis_pacing_holds(stack, api, outp
     # Each worker keeps its own schedule in its own temp folder: together they send up to twice
     # the quota.
     per_host, workers = send_times(stack_emulator, api, output / "per-host")
+    report("a file schedule per worker", per_host)
     assert workers == {"stack-worker1", "stack-worker2"}
     assert min(gaps(per_host)) < 0.5 * INTERVAL
     assert (len(per_host) - 1) / (per_host[-1] - per_host[0]) > 1.3 / INTERVAL
@@ -66,6 +76,7 @@ def test_per_host_file_pacing_over_sends_and_redis_pacing_holds(stack, api, outp
     in_redis, workers = send_times(
         stack_emulator, api, output / "redis", rpm_redis_conn_id=stack_script.PACING_REDIS_CONN
     )
+    report("the schedule in Redis", in_redis)
     assert workers == {"stack-worker1", "stack-worker2"}
     assert min(gaps(in_redis)) >= 0.9 * INTERVAL
     assert (len(in_redis) - 1) / (in_redis[-1] - in_redis[0]) <= 1.02 / INTERVAL  # the quota, +send jitter

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tests.stack.conftest import ROOT, instant, stack_script, stray_files, verified_images
+from tests.stack.conftest import MEASUREMENTS, ROOT, instant, stack_script, stray_files, verified_images
 
 pytestmark = pytest.mark.stack
 
@@ -140,4 +140,14 @@ def test_a_worker_killed_mid_batch_loses_nothing(stack, api, output, stack_emula
     reports = stack.folder / "reports"
     reports.mkdir(exist_ok=True)
     (reports / "worker-loss.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+
+    def span(key: str) -> str:
+        return f"{min(e[key] for e in timeline):.1f}-{max(e[key] for e in timeline):.1f} s"
+
+    MEASUREMENTS.append(
+        f"worker loss: {len(busy)} tries lost with {len(killed)} processes; after the kill: detected "
+        f"{span('detected_s')}, marked for retry {span('marked_for_retry_s')}, retried "
+        f"{span('retry_started_s')}, retry done {span('retry_done_s')}, run done {run_end:.1f} s; "
+        f"{len(emulator.requests)} requests for {len(mai)} images ({rebilled} re-billed, "
+        f"{len(sending)} cut off by the kill)"
+    )
