@@ -50,6 +50,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 STATE_DIR = Path(os.environ.get("MAI_STACK_DIR") or ROOT / ".stack").resolve()
+#: Where Debian installs PostgreSQL's server programs (one folder per major version).
+POSTGRES_LIB = Path("/usr/lib/postgresql")
 LOOPBACK = "127.0.0.1"
 ADMIN_USER = "admin"
 POOL = "mai_image_quota"
@@ -267,8 +269,8 @@ class Stack:
     COMPONENTS = ("postgres", "redis", "emulator", "api-server", "scheduler", "dag-processor", "triggerer")
     AIRFLOW = ("api-server", "scheduler", "dag-processor", "triggerer", *WORKERS)
 
-    def __init__(self, folder: Path = STATE_DIR) -> None:
-        self.folder = folder
+    def __init__(self, folder: Path | None = None) -> None:
+        self.folder = folder = folder or STATE_DIR
         self.state_file = folder / "state.json"
         self.logs = folder / "logs"
         self.home = folder / "airflow-home"
@@ -470,7 +472,7 @@ def postgres_bin() -> Path:
     on_path = shutil.which("pg_ctl")
     if on_path and shutil.which("initdb"):
         return Path(on_path).resolve().parent
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
+    versions = sorted(POSTGRES_LIB.glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
     if versions:
         return versions[-1].parent
     raise StackError(
@@ -1047,10 +1049,10 @@ def trigger(dag_id: str, conf_text: str | None, within: float) -> int:
     return 0
 
 
-def down(purge: bool) -> int:
+def down(purge: bool, stack: Stack | None = None) -> int:
     """Stop every process we started, by PID: Airflow first (in parallel), then the services."""
     started = time.monotonic()
-    stack = Stack()
+    stack = stack or Stack()
     groups = [list(Stack.AIRFLOW), ["emulator", "redis"], ["postgres"]]
     for group in groups:
         trees = {
