@@ -8,6 +8,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
 if [ "${1:-}" = "up" ] || [ ! -x "$VENV/bin/python" ]; then
-  ensure_venv ".[${MAI_STACK_EXTRAS:-stack}]"
+  ensure_venv ".[stack]"
 fi
 exec "$VENV/bin/python" scripts/stack.py "$@"
