@@ -1106,7 +1106,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_emulator()
     except StackError as exc:
         print(f"stack: {exc}", file=sys.stderr)
-        if args.command == "up":
+        started = Stack()
+        if args.command == "up" and any(started.running(name) for name in started.processes):
             print("What did start is still running: bash scripts/stack.sh status | down", file=sys.stderr)
         return 2
 
