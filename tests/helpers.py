@@ -23,6 +23,30 @@ def make_jpeg(width: int = 553, height: int = 311) -> bytes:
     return buffer.getvalue()
 
 
+def slots_taken_by_processes(target, args: tuple, processes: int = 4) -> list[float]:  # type: ignore[no-untyped-def]
+    """Run ``target(*args, queue)`` in ``processes`` spawned processes; every slot they report, sorted."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    workers = [ctx.Process(target=target, args=(*args, queue)) for _ in range(processes)]
+    for w in workers:
+        w.start()
+    slots = sorted(s for _ in workers for s in queue.get(timeout=60))
+    for w in workers:
+        w.join(timeout=60)
+    return slots
+
+
+def waits_of_two_generations(hook) -> list[float]:  # type: ignore[no-untyped-def]
+    """Generate two images with ``hook``; the waits its pacing asked for (recorded, not slept)."""
+    waits: list[float] = []
+    hook.sleep = waits.append
+    hook.generate_image("a", width=768, height=768)
+    hook.generate_image("b", width=768, height=768)
+    return waits
+
+
 def reserve_pacing_slots(state_dir: str, rpm: float, count: int, queue) -> None:  # type: ignore[no-untyped-def]
     """In a child process: take ``count`` send slots and report their wall-clock times."""
     import time

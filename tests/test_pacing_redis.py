@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import multiprocessing
 import time
 from collections.abc import Iterator
 
@@ -14,7 +13,7 @@ import pytest
 from airflow_provider_mai.exceptions import MaiConfigurationError
 from airflow_provider_mai.hooks.mai import MaiHook
 from airflow_provider_mai.pacing import SAFETY_MARGIN
-from tests.helpers import reserve_redis_pacing_slots
+from tests.helpers import reserve_redis_pacing_slots, slots_taken_by_processes, waits_of_two_generations
 from tests.servers import free_port, redis_server, unavailable
 
 REDIS_PASSWORD = "redis-secret-" + "r" * 24
@@ -67,16 +66,7 @@ def test_an_idle_deployment_sends_at_once_and_deployments_are_apart(redis_url, r
 
 
 def test_separate_processes_never_get_the_same_slot(redis_url, redis_client):
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    workers = [
-        ctx.Process(target=reserve_redis_pacing_slots, args=(redis_url, 600, 25, queue)) for _ in range(4)
-    ]
-    for w in workers:
-        w.start()
-    slots = sorted(s for _ in workers for s in queue.get(timeout=60))
-    for w in workers:
-        w.join(timeout=60)
+    slots = slots_taken_by_processes(reserve_redis_pacing_slots, (redis_url, 600, 25))
     gaps = [b - a for a, b in itertools.pairwise(slots)]
     assert len(slots) == 100
     # 600 rpm: one slot every 0.101 s. Slots are read back with the local clock, so allow 20 ms of
@@ -159,13 +149,9 @@ def test_hook_paces_through_redis_when_the_connection_names_it(
 ):
     redis_conn = redis_connection(monkeypatch, redis_url)
     hook = MaiHook(connect(extra={"rpm": 30, "rpm_redis_conn_id": redis_conn}))
-    waits: list[float] = []
-    hook.sleep = waits.append  # recorded, not slept: the second slot is 2 s after the first
-    hook.generate_image("a", width=768, height=768)
-    hook.generate_image("b", width=768, height=768)
+    (wait,) = waits_of_two_generations(hook)  # the second slot is 2 s after the first
     assert len(emulator.requests) == 2
-    assert len(waits) == 1
-    assert 1.5 < waits[0] <= 2.0 * SAFETY_MARGIN
+    assert 1.5 < wait <= 2.0 * SAFETY_MARGIN
     redis_client.select(1)  # the connection's database holds the schedule
     assert len(redis_client.keys("airflow-provider-mai:slots:*")) == 1
 
