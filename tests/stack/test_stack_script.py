@@ -37,7 +37,7 @@ def test_every_component_listens_on_loopback_only(stack):
         ("emulator", "emulator"),
     ):
         assert f"127.0.0.1:{stack.ports[port]}" in status[name]["listening"]
-    for name in ("scheduler", "triggerer", *stack_script.WORKERS):  # no log servers
+    for name in ("scheduler", "dag-processor", "triggerer", *stack_script.WORKERS):  # no log servers
         assert status[name]["listening"] == []
 
 
