@@ -61,6 +61,12 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
         "A shared volume with file locks extends pacing across hosts.",
         "schema": {"type": ["string", "null"]},
     },
+    "rpm_redis_conn_id": {
+        "label": "Pacing Redis connection",
+        "description": "Id of an Airflow Redis connection whose server holds the send-slot schedule for "
+        "'rpm', so pacing holds across worker hosts (e.g. the Celery broker's Redis).",
+        "schema": {"type": ["string", "null"]},
+    },
     "retry_sent_requests": {
         "label": "Retry requests the service received",
         "description": "Retry a request that reached the service in full and then failed (a timeout, "
@@ -85,8 +91,8 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
     },
     "ca_bundle": {
         "label": "CA bundle path",
-        "description": "Path to a PEM CA bundle for a TLS-inspecting corporate proxy. Verification "
-        "always stays on.",
+        "description": "Path to a PEM CA bundle for a TLS-inspecting corporate proxy or a private CA; "
+        "it wins over REQUESTS_CA_BUNDLE. Verification always stays on.",
         "schema": {"type": ["string", "null"]},
     },
 }
@@ -110,6 +116,7 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
         "rpm": "12",
         "max_response_mb": "64",
         "max_input_mb": "50",
+        "rpm_redis_conn_id": "redis_default",
     },
 }
 

@@ -13,7 +13,7 @@ point ``rpm_state_dir`` at a shared volume that supports locks.
 
 The schedule is not trusted blindly. Its folder must belong to the user and be writable by no one
 else; the file is opened without following links; and a slot further away than the schedule can
-legitimately reach (:attr:`RequestPacer.horizon`: one minute of the quota) or not a finite number -
+legitimately reach (:func:`max_wait_seconds`: one minute of the quota) or not a finite number -
 a damaged file, a wall clock stepped back - is discarded: it costs at most one slot of spacing.
 """
 
@@ -33,6 +33,16 @@ from pathlib import Path
 #: Slots are spaced a little wider than 60/rpm so that clock jitter and the service's own window
 #: edges never tip a request over the quota (at 1 % the cost is under one request per 100).
 SAFETY_MARGIN = 1.01
+#: A schedule may run at most a minute of quota ahead, and never fewer slots than this.
+MIN_QUEUED_SLOTS = 4
+
+
+def max_wait_seconds(rpm: float) -> float:
+    """The longest a request waits for its slot: one minute of quota, or ``MIN_QUEUED_SLOTS`` slots
+    when the quota is under that many requests a minute. A longer queue means more tasks wait for
+    the deployment than its quota serves (the pool is too large), and waiting longer only holds
+    worker slots. It also bounds what a damaged schedule or a wall clock stepped back can cost."""
+    return 60.0 / rpm * SAFETY_MARGIN * max(rpm, MIN_QUEUED_SLOTS)
 
 
 class PacingStateError(Exception):
@@ -76,8 +86,8 @@ class RequestPacer:
         if not (rpm > 0 and math.isfinite(rpm)):
             raise ValueError(f"rpm must be a positive number, got {rpm}")
         self.interval = 60.0 / rpm * SAFETY_MARGIN
-        #: The furthest a slot can legitimately be: one minute of the quota (at least one slot).
-        self.horizon = max(60.0 * SAFETY_MARGIN, self.interval)
+        #: The furthest a slot can legitimately be (:func:`max_wait_seconds`).
+        self.horizon = max_wait_seconds(rpm)
         folder = Path(state_dir) if state_dir else default_state_dir()
         self.path = folder / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.slots"
         self._clock = clock

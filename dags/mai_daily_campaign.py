@@ -1,8 +1,11 @@
 """Daily campaign variations, published as an Asset so that other DAGs run on new images.
 
-``mai_daily_campaign`` writes a few variations of the day's campaign image (one folder per day)
-and declares the folder as the Asset ``mai_campaign_images``. ``mai_campaign_publish`` is
-scheduled on that Asset: it runs after each update and lists what arrived.
+``mai_daily_campaign`` writes a few variations of the day's campaign image (one folder per day).
+Once all of them exist, one task - downstream of the mapped generations - updates the Asset
+``mai_campaign_images`` with a single event listing the day's images. (An outlet on the mapped task
+itself would emit one event per variation: the scheduler may start the consumer on the first one,
+before the others are written.) ``mai_campaign_publish`` is scheduled on that Asset: it runs once
+per day's set and publishes exactly the images its event lists.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import os
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from airflow.sdk import DAG, Asset, task
 
@@ -35,19 +39,27 @@ with DAG(
     catchup=False,
     tags=["mai", "example"],
 ):
-    MaiGenerateImageOperator.partial(
+    variations = MaiGenerateImageOperator.partial(
         task_id="variation",
         width=1365,
         height=768,
         output_path=CAMPAIGN_URI + "{{ ds }}/",
         if_exists="skip",
-        outlets=[CAMPAIGN_IMAGES],
     ).expand(prompt=VARIATIONS)
+
+    @task(outlets=[CAMPAIGN_IMAGES])
+    def announce(results: list[dict[str, Any]], **context: Any) -> list[str]:
+        """One Asset event for the whole day, after every variation is written; it lists them."""
+        images = sorted(result["uri"] for result in results)
+        context["outlet_events"][CAMPAIGN_IMAGES].extra = {"day": context["ds"], "images": images}
+        return images
+
+    announce(variations.output)
 
 
 with DAG(
     dag_id="mai_campaign_publish",
-    description="Runs whenever new campaign images land; lists them for publishing.",
+    description="Runs whenever a day's campaign images land; publishes the images each event lists.",
     schedule=[CAMPAIGN_IMAGES],
     start_date=datetime(2026, 1, 1),
     catchup=False,
@@ -55,12 +67,22 @@ with DAG(
 ):
 
     @task
-    def list_new_images() -> list[str]:
-        """Every PNG in the campaign folder (a real pipeline would publish them)."""
+    def list_new_images(**context: Any) -> list[str]:
+        """The images of the events that started this run (a real pipeline would publish them).
+
+        A run started by hand (no event) lists every PNG in the campaign folder instead.
+        """
         from airflow.sdk import ObjectStoragePath
 
-        root = ObjectStoragePath(CAMPAIGN_URI)
-        images = sorted(str(p) for p in root.rglob("*.png")) if root.exists() else []
+        events = (context.get("triggering_asset_events") or {}).get(CAMPAIGN_IMAGES, [])
+        if events:
+            images = sorted({uri for event in events for uri in event.extra.get("images", [])})
+            missing = [uri for uri in images if not ObjectStoragePath(uri).exists()]
+            if missing:
+                raise FileNotFoundError(f"announced but not found: {', '.join(missing)}")
+        else:
+            root = ObjectStoragePath(CAMPAIGN_URI)
+            images = sorted(str(p) for p in root.rglob("*.png")) if root.exists() else []
         for uri in images:
             print(f"ready to publish: {uri}")
         return images

@@ -50,6 +50,33 @@ def make_jpeg(width: int = 553, height: int = 311) -> bytes:
     return buffer.getvalue()
 
 
+def slots_taken_by_processes(target, args: tuple, processes: int = 4) -> list[float]:  # type: ignore[no-untyped-def]
+    """Run ``target(*args, queue)`` in ``processes`` spawned processes; every slot they report, sorted."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    workers = [ctx.Process(target=target, args=(*args, queue)) for _ in range(processes)]
+    for w in workers:
+        w.start()
+    slots = sorted(s for _ in workers for s in queue.get(timeout=60))
+    for w in workers:
+        w.join(timeout=60)
+    return slots
+
+
+def waits_of_two_generations(conn_id: str) -> list[float]:
+    """Generate two images through connection ``conn_id``; the waits its pacing asked for
+    (recorded, not slept)."""
+    from airflow_provider_mai.hooks.mai import MaiHook
+
+    waits: list[float] = []
+    hook = MaiHook(conn_id, sleep=waits.append)
+    hook.generate_image("a", width=768, height=768)
+    hook.generate_image("b", width=768, height=768)
+    return waits
+
+
 def reserve_pacing_slots(state_dir: str, rpm: float, count: int, queue) -> None:  # type: ignore[no-untyped-def]
     """In a child process: take ``count`` send slots and report their wall-clock times."""
     import time
@@ -67,6 +94,21 @@ def reserve_pacing_slots(state_dir: str, rpm: float, count: int, queue) -> None:
     for _ in range(count):
         wait = pacer.reserve()
         slots.append(seen[-1] + wait)
+    queue.put(slots)
+
+
+def reserve_redis_pacing_slots(redis_url: str, rpm: float, count: int, queue) -> None:  # type: ignore[no-untyped-def]
+    """In a child process: take ``count`` send slots from Redis and report their wall-clock times."""
+    import time
+
+    from airflow_provider_mai.pacing_redis import RedisRequestPacer
+
+    pacer = RedisRequestPacer("shared", rpm, redis_url)
+    slots = []
+    for _ in range(count):
+        before = time.time()
+        wait = pacer.reserve()
+        slots.append((before + time.time()) / 2 + wait)  # the server's "now" fell in between
     queue.put(slots)
 
 

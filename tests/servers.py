@@ -1,4 +1,4 @@
-"""Running the tests' real servers (storage emulators, Airflow's api-server) as child processes."""
+"""Running the tests' real servers (storage emulators, Airflow's api-server, Redis) as child processes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -33,16 +33,31 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _answers(ready: str | Callable[[], bool]) -> bool:
+    if callable(ready):
+        return ready()
+    try:
+        urllib.request.urlopen(ready, timeout=2).close()
+    except urllib.error.HTTPError:
+        return True  # an HTTP error is an answer: the server is up
+    except OSError:
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def running(
     command: list[str],
-    ready_url: str,
+    ready: str | Callable[[], bool],
     name: str,
     *,
     env: Mapping[str, str] | None = None,
     ready_within: float = 60.0,
 ) -> Iterator[subprocess.Popen]:
-    """Start ``command``, poll ``ready_url`` until it answers (bounded), stop it afterwards."""
+    """Start ``command``, poll until it is ready (bounded), stop it afterwards.
+
+    :param ready: a URL that answers once the server is up, or a check returning True then.
+    """
     log = Path(tempfile.mkstemp(prefix=f"mai-{name}-", suffix=".log")[1])
     with open(log, "wb") as out:
         process = subprocess.Popen(
@@ -53,18 +68,13 @@ def running(
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"{name} exited with {process.returncode}: {log.read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(ready_url, timeout=2).close()
+            if _answers(ready):
                 break
-            except urllib.error.HTTPError:
-                break  # an HTTP error is an answer: the server is up
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"{name} did not answer at {ready_url} within {ready_within:.0f} s: "
-                        f"{log.read_text()[-3000:]}"
-                    ) from None
-                time.sleep(0.1)
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{name} was not ready ({ready}) within {ready_within:.0f} s: {log.read_text()[-3000:]}"
+                )
+            time.sleep(0.1)
         yield process
     finally:
         process.terminate()
@@ -157,3 +167,45 @@ def http_answer(status: int, body: bytes = b"", headers: Mapping[str, str] | Non
     fields = {"Content-Length": str(len(body)), "Connection": "close", **(headers or {})}
     head = f"HTTP/1.1 {status} X\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items())
     return head.encode() + b"\r\n" + body
+
+
+def redis_answers(port: int, password: str | None = None) -> bool:
+    """Whether a Redis server on 127.0.0.1:``port`` answers PING (after AUTH with ``password``)."""
+    command = (f"AUTH {password}\r\n" if password else "") + "PING\r\n"
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(command.encode())
+            answer = b""
+            while answer.count(b"\r\n") < command.count("\r\n"):  # one answer line per command
+                chunk = sock.recv(256)
+                if not chunk:
+                    break
+                answer += chunk
+            return answer.endswith(b"+PONG\r\n")
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def redis_server(password: str | None = None) -> Iterator[str]:
+    """A private ``redis-server`` on a free loopback port, nothing persisted; yields its URL.
+
+    Skips (fails under CI) when Debian's ``redis-server`` is not installed.
+    """
+    import shutil
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        unavailable("redis-server is not installed (apt-get install redis-server)")
+    assert binary is not None
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="mai-redis-") as folder:
+        config = Path(folder) / "redis.conf"
+        # The password goes in a file only we can read, not on the command line where `ps` shows it.
+        settings = f'port {port}\nbind 127.0.0.1\nsave ""\nappendonly no\ndir {folder}\n'
+        settings += f"requirepass {password}\n" if password else ""
+        with os.fdopen(os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+            out.write(settings)
+        with running([binary, str(config)], lambda: redis_answers(port, password), "redis-server"):
+            credentials = f":{password}@" if password else ""
+            yield f"redis://{credentials}127.0.0.1:{port}/0"

@@ -63,6 +63,7 @@ def test_every_dag_file_imports_cleanly():
         "mai_campaign_publish",
     }
     assert DagBag(dag_folder=str(root / "tests" / "dags")).import_errors == {}
+    assert DagBag(dag_folder=str(root / "tests" / "stack" / "dags")).import_errors == {}
 
 
 def test_generate_then_edit_example_writes_both_images(dag_env, emulator):
@@ -129,13 +130,17 @@ def test_campaign_publishes_an_asset_that_schedules_the_publisher(dag_env, emula
     from airflow.sdk import Asset
 
     campaign = load_dag("mai_daily_campaign")
-    (task,) = campaign.tasks
-    assets = [o.name for o in task.partial_kwargs["outlets"] if isinstance(o, Asset)]
-    assert assets == ["mai_campaign_images"]
-    run, states, _ = run_dag("mai_daily_campaign")
+    # One event per day, after every variation exists: the outlet sits on the single task
+    # downstream of the mapped generations, never on the mapped task (one event per map index).
+    variation, announce = campaign.get_task("variation"), campaign.get_task("announce")
+    assert not variation.partial_kwargs.get("outlets")
+    assert [o.name for o in announce.outlets if isinstance(o, Asset)] == ["mai_campaign_images"]
+    assert announce.upstream_task_ids == {"variation"}
+    run, states, xcoms = run_dag("mai_daily_campaign")
     assert run.state == "success", states
     images = sorted((dag_env / "campaign").rglob("*.png"))
     assert len(images) == 3
+    assert xcoms[("announce", -1)] == [f"file://{p}" for p in images]
     prompts = [r.fields["prompt"] for r in emulator.requests]
     assert all(run.logical_date.strftime("%Y-%m-%d") in p for p in prompts)  # {{ ds }} was rendered
 

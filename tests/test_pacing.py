@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import multiprocessing
 import os
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 
 from airflow_provider_mai.hooks.mai import MaiHook
 from airflow_provider_mai.pacing import SAFETY_MARGIN, PacingStateError, RequestPacer
-from tests.helpers import reserve_pacing_slots
+from tests.helpers import reserve_pacing_slots, slots_taken_by_processes, waits_of_two_generations
 
 
 class FakeClock:
@@ -57,29 +56,17 @@ def test_a_damaged_schedule_file_is_recovered(tmp_path):
 
 
 def test_separate_processes_never_get_the_same_slot(tmp_path):
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    workers = [
-        ctx.Process(target=reserve_pacing_slots, args=(str(tmp_path), 600, 25, queue)) for _ in range(4)
-    ]
-    for w in workers:
-        w.start()
-    slots = sorted(s for _ in workers for s in queue.get(timeout=60))
-    for w in workers:
-        w.join(timeout=60)
+    slots = slots_taken_by_processes(reserve_pacing_slots, (str(tmp_path), 600, 25))
     gaps = [b - a for a, b in itertools.pairwise(slots)]
     assert len(slots) == 100
     assert min(gaps) >= 0.1 * SAFETY_MARGIN - 1e-6  # 600 rpm: one slot every 0.1 s, no two alike
 
 
 def test_hook_paces_its_requests_when_rpm_is_set(connect, emulator, tmp_path):
-    waits: list[float] = []  # recorded, not slept: the second slot is 2 s after the first
-    hook = MaiHook(connect(extra={"rpm": 30, "rpm_state_dir": str(tmp_path / "slots")}), sleep=waits.append)
-    hook.generate_image("a", width=768, height=768)
-    hook.generate_image("b", width=768, height=768)
+    (wait,) = waits_of_two_generations(connect(extra={"rpm": 30, "rpm_state_dir": str(tmp_path)}))
+    # the second slot is 2 s after the first
     assert len(emulator.requests) == 2
-    assert len(waits) == 1
-    assert 1.5 < waits[0] <= 2.0 * SAFETY_MARGIN
+    assert 1.5 < wait <= 2.0 * SAFETY_MARGIN
 
 
 def test_without_rpm_nothing_is_paced(connect, emulator):

@@ -16,6 +16,7 @@ import random
 import socket
 import struct
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -102,6 +103,8 @@ class RecordedRequest:
     image: bytes | None = None
     status: int | None = None
     fault: Fault | None = None
+    #: When the request arrived (wall-clock seconds), e.g. to check how requests were paced.
+    received: float = field(default_factory=time.time)
 
     @property
     def deployment(self) -> str | None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
 
-from airflow_provider_mai.exceptions import MaiError
+from airflow_provider_mai.exceptions import MaiConfigurationError, MaiError
 from airflow_provider_mai.models import EditRequest, GenerateRequest, MaiImage
 from airflow_provider_mai.settings import MaiSettings
 
@@ -85,8 +85,36 @@ class MaiHook(BaseHook):
         from airflow_provider_mai.client import MaiClient
 
         return MaiClient(
-            self.settings, credential=self._credential, sleep=self._sleep, log=self.log, on_secret=mask_secret
+            self.settings,
+            credential=self._credential,
+            sleep=self._sleep,
+            log=self.log,
+            on_secret=mask_secret,
+            pacer_factory=self._redis_pacer_factory(),
         )
+
+    def _redis_pacer_factory(self) -> Callable[[str], Any] | None:
+        """With extras ``rpm`` and ``rpm_redis_conn_id``, send slots come from that Redis server,
+        shared by every worker host; else (None) from the file schedule of this host."""
+        redis_conn_id, rpm = self.settings.rpm_redis_conn_id, self.settings.rpm
+        if not (redis_conn_id and rpm):
+            return None
+        from airflow.sdk.exceptions import AirflowNotFoundException
+        from airflow.sdk.log import mask_secret
+
+        from airflow_provider_mai.pacing_redis import RedisRequestPacer, redis_url_from_connection
+
+        try:
+            redis_conn = self.get_connection(redis_conn_id)
+        except AirflowNotFoundException:
+            raise MaiConfigurationError(
+                f"connection {self.mai_conn_id!r}: extra rpm_redis_conn_id names {redis_conn_id!r}, which "
+                "is not defined: create that Redis connection (type redis: host, port, password, extra db)"
+            ) from None
+        if redis_conn.password:
+            mask_secret(redis_conn.password)
+        url = redis_url_from_connection(redis_conn)
+        return lambda key: RedisRequestPacer(key, rpm, url)
 
     def generate_request(
         self,

@@ -1,0 +1,155 @@
+"""The stack tests: the provider on a production-shaped Airflow (``scripts/stack.sh up``).
+
+They drive the running stack through its REST API and files, as a user would; each carries the
+marker ``stack`` and is deselected by default. Run them with the stack up:
+
+    bash scripts/stack.sh up && bash scripts/test.sh -m stack; bash scripts/stack.sh down
+
+Without a stack they skip (and fail under CI, which brings it up first). Where a test needs to read
+what the MAI service received, it runs an emulator in this process (the workers reach it on
+loopback) and points a connection at it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_mai.emulator import MaiEmulator
+from tests.servers import unavailable
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+import stack as stack_script  # noqa: E402  (scripts/stack.py)
+
+#: The stack tests' own connection and pool (used by tests/stack/dags/mai_stack_generate.py).
+TEST_CONN = "mai_stack"
+TEST_POOL = "mai_stack"
+
+
+#: One-line measurements the tests report, printed at the end of the run (CI's log keeps them).
+MEASUREMENTS: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if MEASUREMENTS:
+        terminalreporter.section("stack measurements")
+        for line in MEASUREMENTS:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def stack_is_up() -> None:
+    """Skip (fail under CI) unless every component of the stack runs."""
+    stack = stack_script.Stack()
+    down = [n for n in (*stack.COMPONENTS, *stack_script.WORKERS) if stack.running(n) is None]
+    if not stack.state.get("processes") or down:
+        unavailable(f"the stack is not up ({', '.join(down)} not running): bash scripts/stack.sh up")
+
+
+@pytest.fixture
+def stack(stack_is_up: None) -> stack_script.Stack:
+    """The running stack, its state read afresh (a test may restart a component)."""
+    return stack_script.Stack()
+
+
+@pytest.fixture(scope="session")
+def api(stack_is_up: None) -> stack_script.AirflowApi:
+    """The stack's REST API, logged in as its admin."""
+    stack = stack_script.Stack()
+    api = stack.api()
+    for dag_id in ("mai_product_batch", "mai_stack_generate", "mai_daily_campaign"):
+        assert (
+            stack_script.wait_until(lambda d=dag_id: None if api.dag_exists(d) else "not parsed", 120) is None
+        )
+    return api
+
+
+@pytest.fixture
+def output(stack: stack_script.Stack, request: pytest.FixtureRequest) -> Path:
+    """A fresh output folder for this test, under the stack's images folder."""
+    folder = stack.output / "tests" / f"{request.node.name[:60]}-{uuid.uuid4().hex[:8]}"
+    folder.mkdir(parents=True)
+    return folder
+
+
+EmulatorFactory = Callable[..., MaiEmulator]
+
+
+@pytest.fixture
+def stack_emulator(stack: stack_script.Stack, api: stack_script.AirflowApi) -> Iterator[EmulatorFactory]:
+    """Start an emulator in this process and point a connection at it (default ``mai_stack``).
+
+    ``mai_default`` is restored to the stack's own emulator afterwards.
+    """
+    started: list[MaiEmulator] = []
+    repointed: list[str] = []
+
+    def start(conn_id: str = TEST_CONN, connection_extra: dict[str, Any] | None = None, **kwargs: Any):
+        emulator = MaiEmulator(api_key=stack.secrets["api_key"], **kwargs).start()
+        started.append(emulator)
+        api.put_connection(
+            stack_script.mai_connection(stack, conn_id, emulator.url, **(connection_extra or {}))
+        )
+        repointed.append(conn_id)
+        return emulator
+
+    try:
+        yield start
+    finally:
+        if "mai_default" in repointed:
+            api.put_connection(stack_script.mai_connection(stack, "mai_default", stack.emulator_url))
+        for emulator in started:
+            emulator.stop()
+
+
+def run_dag(api: stack_script.AirflowApi, dag_id: str, conf: dict[str, Any], within: float = 600) -> dict:
+    """Trigger ``dag_id`` through the REST API and wait for the run to end; the run."""
+    run = api.trigger(dag_id, conf)
+    return api.wait_for_run(dag_id, run["dag_run_id"], within)
+
+
+def verified_images(results: list[dict[str, Any]]) -> list[Path]:
+    """Check each result's PNG and sidecar: present, and the PNG's sha256 is the recorded one."""
+    paths = []
+    for result in results:
+        png = Path(result["uri"].removeprefix("file://"))
+        sidecar = json.loads(png.with_suffix(".json").read_text())
+        digest = hashlib.sha256(png.read_bytes()).hexdigest()
+        assert digest == sidecar["sha256"] == result["sha256"], png
+        assert sidecar["ai_generated"] is True
+        paths.append(png)
+    return paths
+
+
+def stray_files(folder: Path) -> list[Path]:
+    """Temporary or half-written files: anything but finished PNGs and their sidecars."""
+    return [
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and (p.name.startswith(".") or p.suffix not in (".png", ".json"))
+    ]
+
+
+def instant(text: str) -> datetime:
+    """A timestamp of the REST API."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def max_overlap(intervals: list[tuple[str, str]]) -> int:
+    """The most intervals (ISO start, ISO end) open at one instant."""
+    starts = [(instant(start), 1) for start, _ in intervals]
+    events = sorted(starts + [(instant(end), -1) for _, end in intervals])
+    open_now = peak = 0
+    for _, step in events:  # at equal instants -1 sorts first: an end frees its slot for a start
+        open_now += step
+        peak = max(peak, open_now)
+    return peak
