@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_mai.exceptions import MaiOutputExistsError, MaiValidationError
+from airflow_provider_mai.links import MaiImageLink
 from airflow_provider_mai.storage import IF_EXISTS_CHOICES
 
 #: Result fields that come from the image (the sidecar records the same ones).
@@ -57,6 +58,7 @@ class MaiBaseImageOperator(BaseOperator):
     template_fields: Sequence[str] = ("prompt", "model", "output_path", "extra_params")
     template_fields_renderers = {"extra_params": "json"}
     ui_color = "#e8f1fb"
+    operator_extra_links = (MaiImageLink(),)
     operation = "generate"
 
     def __init__(

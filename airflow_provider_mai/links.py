@@ -1,0 +1,69 @@
+"""The "MAI image" extra link, and the relative URLs of the provider's UI plugin.
+
+Imported by the operators at every DAG parse, so it imports nothing but ``airflow.sdk`` and the
+standard library. Every URL here is *relative to the Airflow UI's base* (no leading ``/``): the UI
+sets ``<base href>`` to its own root, so the same link works at ``/``, behind a proxy prefix, and
+inside a markdown body (a human review step) without knowing the host.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from urllib.parse import quote, urlencode
+
+from airflow.sdk import BaseOperatorLink
+
+if TYPE_CHECKING:
+    from airflow.sdk import BaseOperator
+    from airflow.sdk.types import TaskInstanceKey
+
+#: Where the plugin's FastAPI app is mounted in the api-server.
+PLUGIN_PREFIX = "mai"
+#: ``url_route`` of the plugin's pages in the Airflow UI (``/plugin/<route>``).
+GALLERY_ROUTE = "mai-images"
+TASK_INSTANCE_ROUTE = "mai-image"
+DAG_RUN_ROUTE = "mai-run-images"
+#: Thumbnail sizes the plugin makes (longest side, pixels).
+THUMBNAIL_SIZES = (160, 320)
+DEFAULT_THUMBNAIL_SIZE = 320
+
+
+def image_query(dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:
+    """The query string naming one task instance's image, as every plugin route takes it."""
+    return urlencode({"dag_id": dag_id, "run_id": run_id, "task_id": task_id, "map_index": map_index})
+
+
+def thumbnail_url(
+    dag_id: str, run_id: str, task_id: str, map_index: int = -1, *, size: int = DEFAULT_THUMBNAIL_SIZE
+) -> str:
+    """A task instance's thumbnail (JPEG), relative to the UI's base: for ``![alt](...)`` in markdown."""
+    if size not in THUMBNAIL_SIZES:
+        raise ValueError(f"size must be one of {THUMBNAIL_SIZES}; got {size!r}")
+    return f"{PLUGIN_PREFIX}/thumb?{image_query(dag_id, run_id, task_id, map_index)}&size={size}"
+
+
+def image_url(dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:
+    """A task instance's full-size PNG, relative to the UI's base."""
+    return f"{PLUGIN_PREFIX}/image?{image_query(dag_id, run_id, task_id, map_index)}"
+
+
+def task_instance_tab_url(dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:
+    """The task instance's "MAI image" tab in the Airflow UI, relative to the UI's base."""
+    path = f"dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}/tasks/{quote(task_id, safe='')}"
+    if map_index is not None and map_index >= 0:
+        path += f"/mapped/{map_index}"
+    return f"{path}/plugin/{TASK_INSTANCE_ROUTE}"
+
+
+class MaiImageLink(BaseOperatorLink):
+    """Operator extra link "MAI image": opens the task instance's image tab in the Airflow UI.
+
+    Shown under "Extra Links" on the task instance's Details tab. The tab itself needs the
+    provider's UI plugin in the api-server (``pip install "airflow-provider-mai[ui]"``).
+    """
+
+    name = "MAI image"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        """The tab's URL, relative to the UI's base (it opens in the same browser tab)."""
+        return task_instance_tab_url(ti_key.dag_id, ti_key.run_id, ti_key.task_id, ti_key.map_index)

@@ -1,0 +1,35 @@
+"""An auth manager with per-DAG permissions, for the UI plugin's tests.
+
+Airflow's simple auth manager lets every role read every DAG, so it cannot show a 403 for one DAG.
+This is the simple auth manager plus one rule, as a real deployment's FAB or Keycloak policy
+would have: the users listed in ``MAI_TEST_RESTRICTED_USERS`` may not read the DAGs listed in
+``MAI_TEST_HIDDEN_DAGS`` (both comma-separated). Everything else - users, passwords, tokens,
+roles - is the simple auth manager's. Select it with
+``AIRFLOW__CORE__AUTH_MANAGER=tests.ui_auth.PerDagAuthManager``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
+
+#: Every DAG-level question asked in this process: (user, method, access entity, dag id).
+QUESTIONS: list[tuple[str, str, str | None, str | None]] = []
+
+
+def _listed(variable: str) -> set[str]:
+    return {item.strip() for item in os.environ.get(variable, "").split(",") if item.strip()}
+
+
+class PerDagAuthManager(SimpleAuthManager):
+    """The simple auth manager, except that restricted users cannot read hidden DAGs."""
+
+    def is_authorized_dag(self, *, method: Any, user: Any, access_entity: Any = None, details: Any = None) -> bool:
+        dag_id = details.id if details is not None else None
+        entity = getattr(access_entity, "value", access_entity)
+        QUESTIONS.append((user.get_name(), method, None if entity is None else str(entity), dag_id))
+        if dag_id in _listed("MAI_TEST_HIDDEN_DAGS") and user.get_name() in _listed("MAI_TEST_RESTRICTED_USERS"):
+            return False
+        return super().is_authorized_dag(method=method, user=user, access_entity=access_entity, details=details)
