@@ -8,7 +8,9 @@ inside a markdown body (a human review step) without knowing the host.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import re
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from airflow.sdk import BaseOperatorLink
@@ -53,6 +55,46 @@ def task_instance_tab_url(dag_id: str, run_id: str, task_id: str, map_index: int
     if map_index is not None and map_index >= 0:
         path += f"/mapped/{map_index}"
     return f"{path}/plugin/{TASK_INSTANCE_ROUTE}"
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+!|~])")
+
+
+def _markdown_text(text: str) -> str:
+    """Plain text for a markdown cell: special characters escaped (a prompt cannot inject links or
+    images into the reviewer's page), line breaks flattened."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def review_markdown(
+    dag_id: str,
+    run_id: str,
+    task_id: str,
+    results: Sequence[Mapping[str, Any]],
+    labels: Sequence[str],
+    *,
+    size: int = DEFAULT_THUMBNAIL_SIZE,
+) -> str:
+    """A markdown table of a mapped MAI task's images, for a Human-in-the-loop request's body.
+
+    One column per map index (``results`` in map index order, as a mapped task's output is):
+    its label (the option a reviewer picks), thumbnail, prompt and a link to its "MAI image" tab.
+    The thumbnails are served by the UI plugin to the reviewer's browser with their login.
+    """
+    if len(labels) != len(results):
+        raise ValueError(f"{len(results)} results but {len(labels)} labels: give one label per image")
+    header = " | ".join(f"**{_markdown_text(label)}**" for label in labels)
+    rule = " | ".join(":-:" for _ in labels)
+    images = " | ".join(
+        f"![{_markdown_text(label)}]({thumbnail_url(dag_id, run_id, task_id, index, size=size)})"
+        for index, label in enumerate(labels)
+    )
+    captions = " | ".join(
+        f"{_markdown_text(result.get('prompt') or '')} "
+        f"([details]({task_instance_tab_url(dag_id, run_id, task_id, index)}))"
+        for index, result in enumerate(results)
+    )
+    return "\n".join(f"| {row} |" for row in (header, rule, images, captions))
 
 
 class MaiImageLink(BaseOperatorLink):

@@ -34,7 +34,7 @@ from airflow_provider_mai.emulator import MaiEmulator  # noqa: E402
 
 API_KEY = "test-key-" + "k" * 48
 
-pytest_plugins = ["tests.storage_servers"]
+pytest_plugins = ["tests.storage_servers", "tests.browser"]
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import contextlib
 import os
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -36,13 +37,16 @@ def free_port() -> int:
 @contextlib.contextmanager
 def running(
     command: list[str],
-    ready_url: str,
+    ready_url: str | None,
     name: str,
     *,
     env: Mapping[str, str] | None = None,
     ready_within: float = 60.0,
 ) -> Iterator[subprocess.Popen]:
-    """Start ``command``, poll ``ready_url`` until it answers (bounded), stop it afterwards."""
+    """Start ``command``, poll ``ready_url`` until it answers (bounded), stop it afterwards.
+
+    With no ``ready_url`` (a process that serves nothing) the caller checks readiness its own way.
+    """
     log = Path(tempfile.mkstemp(prefix=f"mai-{name}-", suffix=".log")[1])
     with open(log, "wb") as out:
         process = subprocess.Popen(
@@ -50,7 +54,7 @@ def running(
         )
     try:
         deadline = time.monotonic() + ready_within
-        while True:
+        while ready_url is not None:
             if process.poll() is not None:
                 raise RuntimeError(f"{name} exited with {process.returncode}: {log.read_text()[-3000:]}")
             try:
@@ -73,3 +77,19 @@ def running(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+def airflow_command(*arguments: str) -> list[str]:
+    """``airflow ARGUMENTS...`` with this interpreter (the project's virtualenv)."""
+    return [sys.executable, "-m", "airflow", *arguments]
+
+
+@contextlib.contextmanager
+def airflow_api_server(env: Mapping[str, str], *, port: int | None = None) -> Iterator[str]:
+    """``airflow api-server`` (one worker) on a loopback port; yields its URL once it is healthy."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = airflow_command("api-server", "--host", "127.0.0.1", "--port", str(port))
+    env = {**env, "AIRFLOW__API__WORKERS": "1", "AIRFLOW__API__HOST": "127.0.0.1"}
+    with running(command, f"{url}/api/v2/monitor/health", "api-server", env=env, ready_within=120):
+        yield url

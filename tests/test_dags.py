@@ -39,6 +39,7 @@ def test_every_dag_file_imports_cleanly():
         "mai_product_batch",
         "mai_daily_campaign",
         "mai_campaign_publish",
+        "mai_review_then_edit",
     }
     assert DagBag(dag_folder=str(root / "tests" / "dags")).import_errors == {}
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 
@@ -24,32 +24,12 @@ from airflow_provider_mai.emulator import MaiEmulator
 from airflow_provider_mai.links import image_query
 from tests.conftest import API_KEY, emulator_connection
 from tests.helpers import run_dag
+from tests.ui_auth import PASSWORDS, api_server_auth_env
 
 pytestmark = pytest.mark.integration
 
 DAG_ID = "mai_test_ui"
-USERS = {"admin": "admin", "viewer": "viewer", "outsider": "viewer"}
-PASSWORDS = {name: f"{name}-secret-pw" for name in USERS}
 ROUTES = ("gallery", "run", "ti", "image", "thumb", "sidecar")
-
-
-def api_server_auth_env(home: Path) -> dict[str, str]:
-    """Environment for an api-server with our per-DAG auth manager and three users.
-
-    ``outsider`` may read every DAG but ``mai_test_ui``; ``viewer`` and ``admin`` read all.
-    """
-    passwords = home / "simple_auth_manager_passwords.json"
-    passwords.write_text(json.dumps(PASSWORDS))
-    passwords.chmod(0o600)
-    return {
-        "AIRFLOW__CORE__AUTH_MANAGER": "tests.ui_auth.PerDagAuthManager",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{n}:{r}" for n, r in USERS.items()),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-        "MAI_TEST_HIDDEN_DAGS": DAG_ID,
-        "MAI_TEST_RESTRICTED_USERS": "outsider",
-        "AIRFLOW__API_AUTH__JWT_SECRET": "mai-ui-tests-" + "j" * 64,
-    }
 
 
 def run_ui_dag(emulator: MaiEmulator, out: str) -> SimpleNamespace:
@@ -73,13 +53,12 @@ def ui_run(airflow_db, tmp_path_factory) -> SimpleNamespace:
 @pytest.fixture(scope="module")
 def api(airflow_db, tmp_path_factory) -> Iterator[Any]:
     """Airflow's api-server app in process (our plugin mounted from its entry point)."""
-    from fastapi.testclient import TestClient
-
     from airflow.api_fastapi import app as api_app
+    from fastapi.testclient import TestClient
 
     home = tmp_path_factory.mktemp("ui-auth")
     with pytest.MonkeyPatch.context() as patch:
-        for name, value in api_server_auth_env(home).items():
+        for name, value in api_server_auth_env(home, hidden_dags=[DAG_ID]).items():
             patch.setenv(name, value)
         api_app.purge_cached_app()
         api_app._AuthManagerState.instance = None
@@ -110,7 +89,7 @@ def route(name: str, run_id: str, task_id: str = "edit", map_index: int | str = 
     if name == "gallery":
         return "/mai/gallery"
     if name == "run":
-        return f"/mai/run?dag_id={DAG_ID}&run_id={run_id}"
+        return f"/mai/run?{urlencode({'dag_id': DAG_ID, 'run_id': run_id})}"
     query = image_query(DAG_ID, run_id, task_id, -1).replace("map_index=-1", f"map_index={map_index}")
     return f"/mai/{name}?{query}"
 
@@ -203,3 +182,194 @@ def test_a_user_who_may_not_read_the_dag_gets_403_and_the_dag_is_asked_about(api
     # A reader of the DAG sees it.
     viewer = api.get(route("ti", ui_run.run_id), headers=as_user(tokens, "viewer"))
     assert viewer.status_code == 200
+
+
+# -- pages -----------------------------------------------------------------------------------------
+
+
+def test_gallery_shows_the_run_with_edits_beside_their_sources_and_only_thumbnails(api, tokens, ui_run):
+    answer = api.get("/mai/gallery", headers=as_user(tokens, "viewer"))
+    assert answer.status_code == 200
+    html = answer.text
+    page = _Page(html[html.index(f'data-run="{ui_run.run_id}"') :].split("</section>")[0])
+    # Mapped generations, the edit of the second one beside it, the image kept in XCom; not the
+    # plain task's look-alike result, not the failed task.
+    assert sorted(page.cards) == ["edit", "generate[0]", "generate[1]", "inline"]
+    assert ["generate[1]", "edit"] in page.chains
+    assert all(src.startswith("thumb?") and "size=320" in src for src in page.images), page.images
+    assert not [src for src in page.images if src.startswith("image?")]  # no full-size image loads
+    for link in page.links:
+        assert not link.startswith(("/", "http")), link  # relative: works behind a proxy prefix
+    # The caption: prompt (escaped), model, size, AI disclosure.
+    assert "a red kite &lt;b&gt;at dusk&lt;/b&gt;" in html and "<b>at dusk" not in html
+    assert "MAI-Image-2.5" in html and "1024\u00d7768" in html
+    assert 'class="badge ai" title="This image was generated or edited by an AI model' in html
+    assert answer.headers["content-security-policy"].startswith("default-src 'none'")
+
+
+def test_gallery_filters_by_dag_and_date(api, tokens, ui_run):
+    viewer = as_user(tokens, "viewer")
+    assert ui_run.run_id in api.get(f"/mai/gallery?dag_id={DAG_ID}", headers=viewer).text
+    assert ui_run.run_id not in api.get("/mai/gallery?dag_id=mai_generate_then_edit", headers=viewer).text
+    assert ui_run.run_id not in api.get("/mai/gallery?until=2001-01-01", headers=viewer).text
+    assert ui_run.run_id in api.get("/mai/gallery?since=2001-01-01&until=2999-12-31", headers=viewer).text
+    bad = api.get("/mai/gallery?since=yesterday", headers=viewer)
+    assert bad.status_code == 400 and "since must be a date" in bad.text
+    assert f'<option value="{DAG_ID}"' in api.get("/mai/gallery", headers=viewer).text
+
+
+def test_task_instance_tab_of_an_unmapped_task_reads_the_literal_map_index(api, tokens, ui_run):
+    # The UI leaves {MAP_INDEX} unfilled on an unmapped task's tab.
+    answer = api.get(route("ti", ui_run.run_id, "edit", "{MAP_INDEX}"), headers=as_user(tokens, "viewer"))
+    assert answer.status_code == 200
+    page = _Page(answer.text)
+    edited = ui_run.xcoms[("edit", -1)]
+    assert page.images[0].startswith("image?") and f"v={edited['sha256'][:16]}" in page.images[0]
+    assert "edited from" in answer.text and "generate[1]" in answer.text
+    assert edited["request_id"] in answer.text and edited["sha256"] in answer.text
+    assert "<td>source_image</td>" in answer.text and "<td>request_fingerprint</td>" in answer.text
+    assert "This image was generated or edited by an AI model" in answer.text
+
+
+def test_task_instance_tab_of_a_mapped_task(api, tokens, ui_run):
+    viewer = as_user(tokens, "viewer")
+    one = _Page(api.get(route("ti", ui_run.run_id, "generate", 0), headers=viewer).text)
+    assert one.images[0].startswith("image?") and "map_index=0" in one.images[0]
+    assert (
+        "Related images in this run"
+        not in api.get(route("ti", ui_run.run_id, "generate", 0), headers=viewer).text
+    )
+    # The mapped task's own tab (no index): every map index.
+    every = _Page(api.get(route("ti", ui_run.run_id, "generate", "{MAP_INDEX}"), headers=viewer).text)
+    assert every.cards == ["generate[0]", "generate[1]"]
+
+
+@pytest.mark.parametrize(
+    ("task_id", "status", "reason"),
+    [("pick", 200, "not-mai"), ("blocked", 200, "no-image-failed"), ("nowhere", 404, "missing")],
+)
+def test_task_instance_tab_says_plainly_why_there_is_no_image(api, tokens, ui_run, task_id, status, reason):
+    answer = api.get(route("ti", ui_run.run_id, task_id, "{MAP_INDEX}"), headers=as_user(tokens, "viewer"))
+    assert answer.status_code == status
+    assert f'data-reason="{reason}"' in answer.text
+    assert "<img" not in answer.text
+    if reason == "not-mai":
+        assert "pick (a _PythonDecoratedOperator) is not a MAI image task" in answer.text
+    # The look-alike result of a plain task is never served as an image either.
+    if task_id == "pick":
+        assert (
+            api.get(route("image", ui_run.run_id, "pick"), headers=as_user(tokens, "viewer")).status_code
+            == 404
+        )
+
+
+def test_run_tab_lists_every_image_of_the_run(api, tokens, ui_run):
+    answer = api.get(route("run", ui_run.run_id), headers=as_user(tokens, "viewer"))
+    assert answer.status_code == 200
+    assert sorted(_Page(answer.text).cards) == ["edit", "generate[0]", "generate[1]", "inline"]
+    missing = api.get(f"/mai/run?dag_id={DAG_ID}&run_id=no-such-run", headers=as_user(tokens, "viewer"))
+    assert missing.status_code == 404
+
+
+def test_bad_parameters_are_clear_400s(api, tokens, ui_run):
+    viewer = as_user(tokens, "viewer")
+    bad_index = api.get(route("image", ui_run.run_id, "edit", "first"), headers=viewer)
+    assert bad_index.status_code == 400 and "map_index must be a whole number" in bad_index.json()["detail"]
+    bad_size = api.get(route("thumb", ui_run.run_id) + "&size=4000", headers=viewer)
+    assert bad_size.status_code == 400 and "size must be one of 160, 320" in bad_size.json()["detail"]
+    missing = api.get(f"/mai/image?dag_id={DAG_ID}", headers=viewer)
+    assert missing.status_code == 400 and "run_id" in missing.json()["detail"]
+
+
+# -- images and thumbnails -------------------------------------------------------------------------
+
+
+def test_full_image_is_the_recorded_png_with_caching_headers(api, tokens, ui_run):
+    viewer = as_user(tokens, "viewer")
+    edited = ui_run.xcoms[("edit", -1)]
+    answer = api.get(route("image", ui_run.run_id), headers=viewer)
+    assert answer.status_code == 200 and answer.headers["content-type"] == "image/png"
+    assert hashlib.sha256(answer.content).hexdigest() == edited["sha256"]
+    assert answer.headers["etag"] == f'"{edited["sha256"]}"'
+    again = api.get(
+        route("image", ui_run.run_id), headers={**viewer, "If-None-Match": answer.headers["etag"]}
+    )
+    assert again.status_code == 304 and again.content == b""
+    download = api.get(route("image", ui_run.run_id) + "&download=1", headers=viewer)
+    assert download.headers["content-disposition"] == f'attachment; filename="{Path(edited["uri"]).name}"'
+
+
+def test_an_image_kept_in_xcom_is_served_from_its_base64(api, tokens, ui_run):
+    viewer = as_user(tokens, "viewer")
+    inline = ui_run.xcoms[("inline", -1)]
+    assert inline["uri"] is None and inline["b64_json"]
+    answer = api.get(route("image", ui_run.run_id, "inline"), headers=viewer)
+    assert hashlib.sha256(answer.content).hexdigest() == inline["sha256"]
+    thumb = api.get(route("thumb", ui_run.run_id, "inline"), headers=viewer)
+    assert thumb.status_code == 200 and image_size(thumb.content) == (320, 320)
+    no_sidecar = api.get(route("sidecar", ui_run.run_id, "inline"), headers=viewer)
+    assert no_sidecar.status_code == 404 and "kept its image in XCom" in no_sidecar.json()["detail"]
+
+
+def test_thumbnails_are_small_jpegs_cached_by_sha256(api, tokens, ui_run):
+    from airflow_provider_mai.plugin.app import thumbnail_cache
+    from airflow_provider_mai.plugin.thumbnails import MAX_THUMBNAIL_BYTES
+
+    viewer = as_user(tokens, "viewer")
+    generated = ui_run.xcoms[("generate", 0)]
+    png = Path(generated["uri"].removeprefix("file://"))
+    sizes = {}
+    for size in (320, 160):
+        answer = api.get(route("thumb", ui_run.run_id, "generate", 0) + f"&size={size}", headers=viewer)
+        assert answer.status_code == 200 and answer.headers["content-type"] == "image/jpeg"
+        assert answer.content[:3] == b"\xff\xd8\xff"
+        assert len(answer.content) <= MAX_THUMBNAIL_BYTES
+        assert image_size(answer.content) == (size, size * 768 // 1024)
+        assert "immutable" in answer.headers["cache-control"]
+        sizes[size] = len(answer.content)
+    assert png.stat().st_size > 25 * sizes[320]  # ~1.6 MB PNG -> a few tens of KB at most
+    # Cached by the image's sha256: served again without reading the store...
+    original = png.read_bytes()
+    cache = thumbnail_cache()
+    hits = cache.hits
+    png.unlink()
+    try:
+        answer = api.get(route("thumb", ui_run.run_id, "generate", 0), headers=viewer)
+        assert answer.status_code == 200 and cache.hits == hits + 1
+        gone = api.get(route("image", ui_run.run_id, "generate", 0), headers=viewer)
+        assert gone.status_code == 404 and "no longer at" in gone.json()["detail"]
+        # ... and never served stale: a different image at that location is refused for this run.
+        png.write_bytes(original[:-64] + bytes(64))
+        changed = api.get(route("image", ui_run.run_id, "generate", 0), headers=viewer)
+        assert changed.status_code == 409 and "changed since this task ran" in changed.json()["detail"]
+    finally:
+        png.write_bytes(original)
+    assert cache.size_bytes <= cache.max_bytes
+
+
+def test_sidecar_route_returns_the_json_beside_the_png(api, tokens, ui_run):
+    answer = api.get(route("sidecar", ui_run.run_id), headers=as_user(tokens, "viewer"))
+    assert answer.status_code == 200
+    sidecar = answer.json()
+    assert sidecar["sha256"] == ui_run.xcoms[("edit", -1)]["sha256"]
+    assert sidecar["source_image"] == ui_run.xcoms[("generate", 1)]["uri"]
+    assert sidecar["ai_generated"] is True
+
+
+@pytest.mark.parametrize("store", ["s3_bucket", "azure_container"])
+def test_images_in_object_stores_are_read_with_the_api_servers_connections(
+    request, api, tokens, emulator, store
+):
+    base = request.getfixturevalue(store)  # also defines the store's Airflow connection
+    run = run_ui_dag(emulator, f"{base}/ui")
+    viewer = as_user(tokens, "viewer")
+    edited = run.xcoms[("edit", -1)]
+    assert edited["uri"].startswith(base.split("@")[0])
+    image = api.get(route("image", run.run_id), headers=viewer)
+    assert image.status_code == 200 and hashlib.sha256(image.content).hexdigest() == edited["sha256"]
+    thumb = api.get(route("thumb", run.run_id, "generate", 1), headers=viewer)
+    assert thumb.status_code == 200 and image_size(thumb.content) == (320, 240)
+    sidecar = api.get(route("sidecar", run.run_id), headers=viewer).json()
+    assert sidecar["source_image"] == run.xcoms[("generate", 1)]["uri"]
+    page = api.get(route("run", run.run_id), headers=viewer).text
+    assert ["generate[1]", "edit"] in _Page(page).chains  # pairing read from the store's sidecar

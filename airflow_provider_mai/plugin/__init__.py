@@ -67,7 +67,7 @@ class MaiImagesPlugin(AirflowPlugin):
         },
     ]
 
-    @property  # type: ignore[override]
-    def fastapi_apps(self) -> list[dict[str, Any]]:  # built lazily: see the module docstring
+    @property
+    def fastapi_apps(self) -> list[dict[str, Any]]:  # type: ignore[override]  # lazily built
         """The FastAPI app the api-server mounts under ``/mai``."""
         return [{"app": get_app(), "url_prefix": f"/{PLUGIN_PREFIX}", "name": "MAI images"}]

@@ -16,14 +16,14 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlencode
 
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+from airflow.api_fastapi.common.db.common import SessionDep
+from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
-from airflow.api_fastapi.common.db.common import SessionDep
-from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
 from airflow_provider_mai.links import DEFAULT_THUMBNAIL_SIZE, THUMBNAIL_SIZES
 from airflow_provider_mai.plugin import results
 from airflow_provider_mai.plugin.results import ImageUnavailableError, TaskImage
@@ -222,14 +222,18 @@ def task_instance_tab(
         return _page("task_instance.html", title=f"MAI images of {task_id}", images=found.images, **context)
     (image,) = found.images
     _relate_within_run(session, image)
-    return _page("task_instance.html", title=f"MAI image of {label}", images=[], **{**context, "image": image})
+    return _page(
+        "task_instance.html", title=f"MAI image of {label}", images=[], **{**context, "image": image}
+    )
 
 
 def _relate_within_run(session: Any, image: TaskImage) -> None:
     """Find the image this one was edited from, and the edits made from it, in the same run."""
     run = results.run_images(session, image.dag_id, image.run_id)
     others = run.images[:MAX_IMAGES_PER_PAGE] if run else []
-    members = [other for other in others if (other.task_id, other.map_index) != (image.task_id, image.map_index)]
+    members = [
+        other for other in others if (other.task_id, other.map_index) != (image.task_id, image.map_index)
+    ]
     results.attach_sidecars([image, *members])
     results.link_sources([image, *members])
 
@@ -355,11 +359,15 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         401: "Your Airflow session has ended or you are not signed in: sign in to Airflow again.",
         403: "You do not have permission to see the images of this DAG.",
     }.get(exc.status_code, str(exc.detail))
-    html = _templates().get_template("message.html").render(
-        title=headings.get(exc.status_code, "Cannot show this"),
-        heading=headings.get(exc.status_code, "Cannot show this"),
-        message=message,
-        status=exc.status_code,
+    html = (
+        _templates()
+        .get_template("message.html")
+        .render(
+            title=headings.get(exc.status_code, "Cannot show this"),
+            heading=headings.get(exc.status_code, "Cannot show this"),
+            message=message,
+            status=exc.status_code,
+        )
     )
     return HTMLResponse(html, status_code=exc.status_code, headers={**PAGE_HEADERS, **(exc.headers or {})})
 

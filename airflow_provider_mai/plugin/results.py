@@ -215,9 +215,8 @@ def _xcom_value(row: Any) -> Any:
 
 def dags_with_images(session: Session, readable: Iterable[str]) -> list[str]:
     """The DAGs (among ``readable``) that have at least one MAI task instance that ran."""
-    from sqlalchemy import select
-
     from airflow.models.xcom import XComModel
+    from sqlalchemy import select
 
     readable = set(readable)
     stmt = select(XComModel.dag_id).where(XComModel.key == LINK_XCOM_KEY).distinct()
@@ -236,10 +235,9 @@ def recent_runs(
 ) -> tuple[list[RunImages], bool]:
     """The newest runs (by ``run_after``) that have MAI images, with their images; and whether
     there are more. ``until`` is inclusive (the whole day, UTC)."""
-    from sqlalchemy import select
-
     from airflow.models.dagrun import DagRun
     from airflow.models.xcom import XComModel
+    from sqlalchemy import select
 
     readable = set(readable)
     if dag_id is not None:
@@ -270,9 +268,8 @@ def recent_runs(
 
 def run_images(session: Session, dag_id: str, run_id: str) -> RunImages | None:
     """One DAG run and its MAI images; None when there is no such run."""
-    from sqlalchemy import select
-
     from airflow.models.dagrun import DagRun
+    from sqlalchemy import select
 
     row = session.execute(
         select(DagRun.id, DagRun.dag_id, DagRun.run_id, DagRun.run_after, DagRun.state).where(
@@ -292,9 +289,8 @@ def _state(state: Any) -> str | None:
 
 def _images_of_runs(session: Session, runs: Mapping[int, RunImages]) -> dict[int, list[TaskImage]]:
     """The MAI images of the given runs (by DagRun primary key), oldest first in each run."""
-    from sqlalchemy import select
-
     from airflow.models.xcom import XComModel
+    from sqlalchemy import select
 
     if not runs:
         return {}
@@ -357,10 +353,9 @@ def task_instance_images(
 ) -> TaskInstanceImages:
     """The image(s) of one task instance. ``map_index`` -1 on a mapped task means all of its map
     indexes (the tab of a mapped task without an index)."""
-    from sqlalchemy import select
-
     from airflow.models.taskinstance import TaskInstance
     from airflow.models.xcom import XComModel
+    from sqlalchemy import select
 
     tis = session.execute(
         select(TaskInstance.map_index, TaskInstance.state, TaskInstance.operator).where(
@@ -405,9 +400,8 @@ def task_result(session: Session, dag_id: str, run_id: str, task_id: str, map_in
 
     :raises ImageUnavailableError: 404 when the task instance has no MAI image.
     """
-    from sqlalchemy import select
-
     from airflow.models.xcom import XComModel
+    from sqlalchemy import select
 
     rows = session.execute(
         select(XComModel.key, XComModel.value).where(
@@ -420,7 +414,8 @@ def task_result(session: Session, dag_id: str, run_id: str, task_id: str, map_in
     ).all()
     values = {row.key: row for row in rows}
     if RETURN_XCOM_KEY in values and (
-        LINK_XCOM_KEY in values or _operator(session, dag_id, run_id, task_id, map_index) in MAI_OPERATOR_NAMES
+        LINK_XCOM_KEY in values
+        or _operator(session, dag_id, run_id, task_id, map_index) in MAI_OPERATOR_NAMES
     ):
         value = _xcom_value(values[RETURN_XCOM_KEY])
         if is_mai_result(value):
@@ -429,9 +424,8 @@ def task_result(session: Session, dag_id: str, run_id: str, task_id: str, map_in
 
 
 def _operator(session: Session, dag_id: str, run_id: str, task_id: str, map_index: int) -> str | None:
-    from sqlalchemy import select
-
     from airflow.models.taskinstance import TaskInstance
+    from sqlalchemy import select
 
     return session.scalar(
         select(TaskInstance.operator).where(

@@ -45,6 +45,7 @@ def make_thumbnail(png: bytes, size: int) -> bytes:
         raise ThumbnailsUnavailableError(
             'thumbnails need Pillow in the api-server: pip install "airflow-provider-mai[ui]"'
         ) from None
+    image: Image.Image
     try:
         image = Image.open(io.BytesIO(png))
         if image.width * image.height > MAX_SOURCE_PIXELS:
