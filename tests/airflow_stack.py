@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import time
 import urllib.error
@@ -39,6 +40,7 @@ class AirflowStack:
     passwords: Mapping[str, str]
     output_base: Path
     emulator: MaiEmulator
+    scheduler_log: Path
     _tokens: dict[str, str] = field(default_factory=dict)
 
     def token(self, user: str) -> str:
@@ -66,8 +68,11 @@ class AirflowStack:
         return status, json.loads(raw) if "json" in kind and raw else raw
 
     def trigger(self, dag_id: str, conf: Mapping[str, Any]) -> str:
-        """Start a run of ``dag_id`` (once the DAG processor has registered it); its run id."""
+        """Start a run of ``dag_id`` (once the DAG processor has registered it, and unpaused: DAGs
+        start paused, so the scheduler runs only what a test asks for); its run id."""
         wait_until(lambda: self.call("GET", f"/api/v2/dags/{dag_id}")[0] == 200, 90, f"DAG {dag_id} parsed")
+        status, answer = self.call("PATCH", f"/api/v2/dags/{dag_id}", body={"is_paused": False})
+        assert status == 200, answer
         status, run = self.call(
             "POST", f"/api/v2/dags/{dag_id}/dagRuns", body={"logical_date": None, "conf": conf}
         )
@@ -138,8 +143,7 @@ def airflow_stack(home: Path, *, hidden_dags: Iterable[str]) -> Iterator[Airflow
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
             "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__PARALLELISM": "3",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
             "AIRFLOW_CONN_MAI_DEFAULT": emulator_connection(emulator),
             "MAI_OUTPUT_BASE": str(output_base),
@@ -149,13 +153,22 @@ def airflow_stack(home: Path, *, hidden_dags: Iterable[str]) -> Iterator[Airflow
         subprocess.run(
             airflow_command("db", "migrate"), env=env, check=True, capture_output=True, timeout=300
         )
+        # Write-ahead logging (a property of the database file): readers stop blocking the one
+        # writer, so four Airflow processes share SQLite without "database is locked" errors.
+        with contextlib.closing(sqlite3.connect(home / "airflow.db")) as db:
+            db.execute("PRAGMA journal_mode=WAL")
         with contextlib.ExitStack() as stack:
             url = stack.enter_context(airflow_api_server(env, port=port))
             stack.enter_context(running(airflow_command("dag-processor"), None, "dag-processor", env=env))
-            stack.enter_context(
-                running(airflow_command("scheduler", "--skip-serve-logs"), None, "scheduler", env=env)
-            )
+            scheduler = airflow_command("scheduler", "--skip-serve-logs")
+            stack.enter_context(running(scheduler, None, "scheduler", env=env, log=home / "scheduler.log"))
             if _airflow_version() < (3, 3):  # Human-in-the-loop tasks defer to the triggerer there
                 command = airflow_command("triggerer", "--skip-serve-logs")
                 stack.enter_context(running(command, None, "triggerer", env=env))
-            yield AirflowStack(url=url, passwords=PASSWORDS, output_base=output_base, emulator=emulator)
+            yield AirflowStack(
+                url=url,
+                passwords=PASSWORDS,
+                output_base=output_base,
+                emulator=emulator,
+                scheduler_log=home / "scheduler.log",
+            )

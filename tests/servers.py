@@ -42,12 +42,14 @@ def running(
     *,
     env: Mapping[str, str] | None = None,
     ready_within: float = 60.0,
+    log: Path | None = None,
 ) -> Iterator[subprocess.Popen]:
     """Start ``command``, poll ``ready_url`` until it answers (bounded), stop it afterwards.
 
     With no ``ready_url`` (a process that serves nothing) the caller checks readiness its own way.
+    Output goes to ``log`` (default: a new file in the temp folder).
     """
-    log = Path(tempfile.mkstemp(prefix=f"mai-{name}-", suffix=".log")[1])
+    log = log or Path(tempfile.mkstemp(prefix=f"mai-{name}-", suffix=".log")[1])
     with open(log, "wb") as out:
         process = subprocess.Popen(
             command, stdout=out, stderr=subprocess.STDOUT, cwd=tempfile.gettempdir(), env=env
