@@ -11,6 +11,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -373,3 +376,110 @@ def test_images_in_object_stores_are_read_with_the_api_servers_connections(
     assert sidecar["source_image"] == run.xcoms[("generate", 1)]["uri"]
     page = api.get(route("run", run.run_id), headers=viewer).text
     assert ["generate[1]", "edit"] in _Page(page).chains  # pairing read from the store's sidecar
+
+
+# -- the pieces, without a server ------------------------------------------------------------------
+
+
+def test_importing_the_plugin_is_cheap_and_builds_no_app():
+    # Airflow imports the plugin in every process that loads plugins (workers too).
+    code = (
+        "import sys, airflow.sdk;"
+        "before = set(sys.modules);"
+        "import airflow_provider_mai.plugin as plugin;"
+        "views = plugin.MaiImagesPlugin().external_views;"
+        "new = set(sys.modules) - before;"
+        "print(','.join(m for m in ('fastapi', 'PIL', 'airflow.api_fastapi') if m in new));"
+        "print(plugin._app is None, len(views))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["", "True 3"]
+
+
+def test_extra_link_opens_the_task_instance_tab_relative_to_the_ui():
+    from airflow_provider_mai.links import MaiImageLink
+    from airflow_provider_mai.operators.mai import MaiEditImageOperator, MaiGenerateImageOperator
+    from airflow_provider_mai.plugin.results import LINK_XCOM_KEY
+
+    for operator in (MaiGenerateImageOperator, MaiEditImageOperator):
+        assert [link.name for link in operator.operator_extra_links] == ["MAI image"]
+    link = MaiImageLink()
+    assert link.xcom_key == LINK_XCOM_KEY == "_link_MaiImageLink"
+    key = SimpleNamespace(
+        dag_id="d 1", run_id="manual__2026-11-29T10:00:00+00:00", task_id="gen", map_index=-1
+    )
+    assert link.get_link(None, ti_key=key) == (
+        "dags/d%201/runs/manual__2026-11-29T10%3A00%3A00%2B00%3A00/tasks/gen/plugin/mai-image"
+    )
+    key.map_index = 4
+    assert link.get_link(None, ti_key=key).endswith("/tasks/gen/mapped/4/plugin/mai-image")
+
+
+def test_review_markdown_shows_thumbnails_and_cannot_be_hijacked_by_a_prompt():
+    from airflow_provider_mai.links import review_markdown
+
+    results = [
+        {"prompt": "a mug"},
+        {"prompt": "a cup ![x](https://evil.example/t.png) | [y](javascript:1)\nend"},
+    ]
+    table = review_markdown("d", "r+1", "gen", results, ["One", "Two"])
+    rows = table.split("\n")
+    assert len(rows) == 4 and rows[0] == "| **One** | **Two** |"
+    assert re.findall(r"!\[[^\]]*\]\(([^)]*)\)", table) == [
+        "mai/thumb?dag_id=d&run_id=r%2B1&task_id=gen&map_index=0&size=320",
+        "mai/thumb?dag_id=d&run_id=r%2B1&task_id=gen&map_index=1&size=320",
+    ]
+    assert "evil.example" in rows[3] and r"\!\[x\]\(https" in rows[3] and r"\|" in rows[3]
+    assert rows[3].count(" | ") == 1  # the prompt's pipe does not open a third column
+    with pytest.raises(ValueError, match="one label per image"):
+        review_markdown("d", "r", "gen", results, ["One"])
+    with pytest.raises(ValueError, match="size must be one of"):
+        review_markdown("d", "r", "gen", results, ["One", "Two"], size=1000)
+
+
+def test_map_index_reads_the_unfilled_placeholder_as_unmapped():
+    from fastapi import HTTPException
+
+    from airflow_provider_mai.plugin.app import parse_map_index
+
+    assert [parse_map_index(value) for value in ("{MAP_INDEX}", None, "", "-1", "7")] == [-1, -1, -1, -1, 7]
+    for bad in ("{DAG_ID}x", "seven", "-2", "1.5"):
+        with pytest.raises(HTTPException) as refused:
+            parse_map_index(bad)
+        assert refused.value.status_code == 400
+
+
+def test_thumbnails_stay_small_even_for_noise_and_transparency():
+    import os as _os
+
+    from PIL import Image
+
+    from airflow_provider_mai.plugin.thumbnails import MAX_THUMBNAIL_BYTES, make_thumbnail
+
+    noise = Image.frombytes("RGB", (1024, 1024), _os.urandom(1024 * 1024 * 3))  # the worst case for JPEG
+    buffer = io.BytesIO()
+    noise.save(buffer, "PNG")
+    jpeg = make_thumbnail(buffer.getvalue(), 320)
+    assert len(jpeg) <= MAX_THUMBNAIL_BYTES and max(image_size(jpeg)) <= 320
+    clear = io.BytesIO()
+    Image.new("RGBA", (900, 600), (255, 0, 0, 0)).save(clear, "PNG")
+    flat = Image.open(io.BytesIO(make_thumbnail(clear.getvalue(), 160)))
+    assert flat.size == (160, 107) and flat.getpixel((5, 5)) == pytest.approx((255, 255, 255), abs=3)
+    with pytest.raises(ValueError, match="not a readable image"):
+        make_thumbnail(b"not an image", 160)
+
+
+def test_thumbnail_cache_keeps_within_its_byte_bound():
+    from airflow_provider_mai.plugin.thumbnails import ThumbnailCache
+
+    cache = ThumbnailCache(max_bytes=100)
+    for number in range(5):
+        cache.put(f"sha{number}", 320, bytes(30))
+    assert cache.size_bytes == 90 and len(cache) == 3
+    assert cache.get("sha0", 320) is None and cache.get("sha4", 320) == bytes(30)
+    cache.get("sha2", 320)  # used: it stays, the least recently used one leaves
+    cache.put("sha5", 320, bytes(30))
+    assert cache.get("sha3", 320) is None and cache.get("sha2", 320) is not None
+    cache.put("huge", 320, bytes(101))  # larger than the whole cache: not kept
+    assert cache.get("huge", 320) is None and cache.size_bytes <= 100
