@@ -33,15 +33,12 @@ T = TypeVar("T")
 
 
 @dataclass
-class AirflowStack:
-    """A running Airflow: its URL, users, output folder, emulator, and a small REST client."""
+class AirflowClient:
+    """A small client of Airflow's REST API (and the plugin's routes), signing in as its users."""
 
     url: str
     passwords: Mapping[str, str]
-    output_base: Path
-    emulator: MaiEmulator
-    scheduler_log: Path
-    _tokens: dict[str, str] = field(default_factory=dict)
+    _tokens: dict[str, str] = field(default_factory=dict, init=False)
 
     def token(self, user: str) -> str:
         """An access token for ``user`` from ``POST /auth/token`` (cached)."""
@@ -107,6 +104,15 @@ class AirflowStack:
         assert status == 200, answer
         value = answer["value"]
         return json.loads(value) if isinstance(value, str) else value
+
+
+@dataclass
+class AirflowStack(AirflowClient):
+    """A running Airflow: its client, the runs' output folder, the emulator, the scheduler's log."""
+
+    output_base: Path = field(kw_only=True)
+    emulator: MaiEmulator = field(kw_only=True)
+    scheduler_log: Path = field(kw_only=True)
 
 
 def wait_until(check: Callable[[], T], within: float, what: str) -> T:
