@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 #: Runs on one gallery page, and images shown per run there (the run's tab shows all of them).
 RUNS_PER_PAGE = 10
-IMAGES_PER_RUN_IN_GALLERY = 24
+IMAGES_PER_RUN_IN_GALLERY = 12
 #: Images on one run or task tab (a mapped task can have thousands of map indexes).
 MAX_IMAGES_PER_PAGE = 500
 #: Browser caching: URLs carry the image's sha256 (``v=``), so a new image gets a new URL.
