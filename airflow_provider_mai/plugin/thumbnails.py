@@ -18,7 +18,7 @@ MAX_THUMBNAIL_BYTES = 40 * 1024
 QUALITIES = (82, 72, 62, 50, 38)
 #: Largest image (pixels) the plugin decodes; MAI images are about one megapixel.
 MAX_SOURCE_PIXELS = 40_000_000
-#: Default bound of the memory cache (~1,500 thumbnails of 320 px); ``[mai] ui_thumbnail_cache_mb``.
+#: Default bound of the memory cache (~2,500 thumbnails of 320 px); ``[mai] ui_thumbnail_cache_mb``.
 DEFAULT_CACHE_MB = 32
 
 
