@@ -11,6 +11,7 @@ behind a proxy prefix; the login cookie travels with the iframe and its ``<img>`
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any
@@ -165,125 +166,117 @@ def run_tab(dag_id: str, run_id: str, session: SessionDep) -> HTMLResponse:
     return _page("run.html", title=f"MAI images of {run_id}", run=run)
 
 
+@dataclass(frozen=True)
+class TaskInstanceRef:
+    """The task instance a request names (``dag_id``, ``run_id``, ``task_id``, ``map_index``)."""
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int
+
+    @property
+    def label(self) -> str:
+        return self.task_id if self.map_index < 0 else f"{self.task_id}[{self.map_index}]"
+
+
+def task_instance_ref(dag_id: str, run_id: str, task_id: str, map_index: MapIndex = None) -> TaskInstanceRef:
+    """The query parameters every image route takes (``dag_id`` is also what the auth check reads)."""
+    return TaskInstanceRef(dag_id, run_id, task_id, parse_map_index(map_index))
+
+
+TaskInstanceDep = Annotated[TaskInstanceRef, Depends(task_instance_ref)]
+
+#: Why a MAI task instance has no image, by its state.
+_NO_IMAGE_BECAUSE = {
+    "failed": "the task failed, so it made no image: see its logs",
+    "upstream_failed": "an upstream task failed, so this one did not run",
+    "skipped": "the task was skipped",
+    "removed": "the task was removed from the DAG",
+}
+
+
 @router.get("/ti", response_class=HTMLResponse, dependencies=[XComReadAccess])
-def task_instance_tab(
-    dag_id: str, run_id: str, task_id: str, session: SessionDep, map_index: MapIndex = None
-) -> HTMLResponse:
+def task_instance_tab(ti: TaskInstanceDep, session: SessionDep) -> HTMLResponse:
     """The task instance tab: its image full size with every detail and its sidecar - or a plain
     sentence saying why there is none (not a MAI task, not finished, failed)."""
-    index = parse_map_index(map_index)
-    found = results.task_instance_images(session, dag_id, run_id, task_id, index)
-    context: dict[str, Any] = {"dag_id": dag_id, "run_id": run_id, "task_id": task_id, "image": None}
-    context["run_query"] = urlencode({"dag_id": dag_id, "run_id": run_id})
-    label = task_id if index < 0 else f"{task_id}[{index}]"
-    if not found.exists:
+    found = results.task_instance_images(session, ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
+    context: dict[str, Any] = {
+        "dag_id": ti.dag_id,
+        "run_id": ti.run_id,
+        "task_id": ti.task_id,
+        "run_query": urlencode({"dag_id": ti.dag_id, "run_id": ti.run_id}),
+        "image": None,
+        "images": [],
+    }
+
+    def notice(
+        reason: str, title: str, message: str, *, status: int = 200, warn: bool = False
+    ) -> HTMLResponse:
         return _page(
-            "task_instance.html",
-            404,
-            title="No such task instance",
-            reason="missing",
-            warn=True,
-            message=f"There is no task instance {label} in run {run_id} of DAG {dag_id}.",
-            images=[],
-            **context,
+            "task_instance.html", status, title=title, reason=reason, warn=warn, message=message, **context
         )
+
+    if not found.exists:
+        message = f"There is no task instance {ti.label} in run {ti.run_id} of DAG {ti.dag_id}."
+        return notice("missing", "No such task instance", message, status=404, warn=True)
     if not found.is_mai_task:
         operator = f" (a {found.operator})" if found.operator else ""
-        return _page(
-            "task_instance.html",
-            title=f"{label}: not a MAI task",
-            reason="not-mai",
-            warn=False,
-            message=f"{label}{operator} is not a MAI image task: this tab shows the images made by "
-            "MaiGenerateImageOperator and MaiEditImageOperator tasks.",
-            images=[],
-            **context,
+        message = (
+            f"{ti.label}{operator} is not a MAI image task: this tab shows the images made by "
+            "MaiGenerateImageOperator and MaiEditImageOperator tasks."
         )
+        return notice("not-mai", f"{ti.label}: not a MAI task", message)
     if not found.images:
         state = found.state or "not started"
-        why = {
-            "failed": "the task failed, so it made no image: see its logs",
-            "upstream_failed": "an upstream task failed, so this one did not run",
-            "skipped": "the task was skipped",
-            "removed": "the task was removed from the DAG",
-        }.get(state, f"the task has not finished yet (it is {state}); the image appears when it ends")
-        return _page(
-            "task_instance.html",
-            title=f"{label}: no image",
-            reason=f"no-image-{state}",
-            warn=state in ("failed", "upstream_failed"),
-            message=f"No image for {label}: {why}.",
-            images=[],
-            **context,
+        why = _NO_IMAGE_BECAUSE.get(
+            state, f"the task has not finished yet (it is {state}); the image appears when it ends"
         )
+        message = f"No image for {ti.label}: {why}."
+        return notice(f"no-image-{state}", f"{ti.label}: no image", message, warn=state in _NO_IMAGE_BECAUSE)
     if found.mapped:
-        found.images = found.images[:MAX_IMAGES_PER_PAGE]
-        results.attach_sidecars(found.images)
-        return _page("task_instance.html", title=f"MAI images of {task_id}", images=found.images, **context)
-    (image,) = found.images
-    _relate_within_run(session, image)
-    return _page(
-        "task_instance.html", title=f"MAI image of {label}", images=[], **{**context, "image": image}
-    )
+        context["images"] = found.images[:MAX_IMAGES_PER_PAGE]
+        results.attach_sidecars(context["images"])
+        return _page("task_instance.html", title=f"MAI images of {ti.task_id}", **context)
+    (context["image"],) = found.images
+    _relate_within_run(session, context["image"])
+    return _page("task_instance.html", title=f"MAI image of {ti.label}", **context)
 
 
 def _relate_within_run(session: Any, image: TaskImage) -> None:
     """Find the image this one was edited from, and the edits made from it, in the same run."""
     run = results.run_images(session, image.dag_id, image.run_id)
     others = run.images[:MAX_IMAGES_PER_PAGE] if run else []
-    members = [
-        other for other in others if (other.task_id, other.map_index) != (image.task_id, image.map_index)
-    ]
+    key = (image.task_id, image.map_index)
+    members = [other for other in others if (other.task_id, other.map_index) != key]
     results.attach_sidecars([image, *members])
     results.link_sources([image, *members])
 
 
 @router.get("/image", dependencies=[XComReadAccess])
 def full_image(
-    request: Request,
-    dag_id: str,
-    run_id: str,
-    task_id: str,
-    session: SessionDep,
-    map_index: MapIndex = None,
-    download: bool = False,
+    request: Request, ti: TaskInstanceDep, session: SessionDep, download: bool = False
 ) -> Response:
     """The full-size PNG, checked against the sha256 its task recorded."""
-    index = parse_map_index(map_index)
-    result = _result_or_error(session, dag_id, run_id, task_id, index)
+    result = _result_or_error(session, ti)
     etag = f'"{result["sha256"]}"'
+    headers = {"ETag": etag, "Cache-Control": IMMUTABLE, "X-Content-Type-Options": "nosniff"}
     if request.headers.get("if-none-match") == etag:
-        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": IMMUTABLE})
+        return Response(status_code=304, headers=headers)
     png = _image_or_error(result)
-    name = _file_name(result, dag_id, run_id, task_id, index)
     disposition = "attachment" if download else "inline"
-    return Response(
-        png,
-        media_type="image/png",
-        headers={
-            "ETag": etag,
-            "Cache-Control": IMMUTABLE,
-            "X-Content-Type-Options": "nosniff",
-            "Content-Disposition": f'{disposition}; filename="{name}"',
-        },
-    )
+    headers["Content-Disposition"] = f'{disposition}; filename="{_file_name(result)}"'
+    return Response(png, media_type="image/png", headers=headers)
 
 
 @router.get("/thumb", dependencies=[XComReadAccess])
 def thumbnail(
-    request: Request,
-    dag_id: str,
-    run_id: str,
-    task_id: str,
-    session: SessionDep,
-    map_index: MapIndex = None,
-    size: int = DEFAULT_THUMBNAIL_SIZE,
+    request: Request, ti: TaskInstanceDep, session: SessionDep, size: int = DEFAULT_THUMBNAIL_SIZE
 ) -> Response:
     """A small JPEG of the image (at most 40 KB), made once per image and size and cached."""
     if size not in THUMBNAIL_SIZES:
         raise HTTPException(400, f"size must be one of {', '.join(map(str, THUMBNAIL_SIZES))}; got {size}")
-    index = parse_map_index(map_index)
-    result = _result_or_error(session, dag_id, run_id, task_id, index)
+    result = _result_or_error(session, ti)
     sha256 = str(result["sha256"])
     etag = f'"{sha256}-{size}"'
     headers = {"ETag": etag, "Cache-Control": IMMUTABLE, "X-Content-Type-Options": "nosniff"}
@@ -298,31 +291,27 @@ def thumbnail(
         except ThumbnailsUnavailableError as exc:
             raise HTTPException(501, str(exc)) from None
         except ValueError as exc:
-            raise HTTPException(502, f"cannot make a thumbnail of {task_id}: {exc}") from None
+            raise HTTPException(502, f"cannot make a thumbnail of {ti.label}: {exc}") from None
         cache.put(sha256, size, jpeg)
     return Response(jpeg, media_type="image/jpeg", headers=headers)
 
 
 @router.get("/sidecar", dependencies=[XComReadAccess])
-def sidecar(
-    dag_id: str, run_id: str, task_id: str, session: SessionDep, map_index: MapIndex = None
-) -> JSONResponse:
+def sidecar(ti: TaskInstanceDep, session: SessionDep) -> JSONResponse:
     """The provenance sidecar written beside the image, as JSON."""
-    index = parse_map_index(map_index)
-    result = _result_or_error(session, dag_id, run_id, task_id, index)
-    image = TaskImage(dag_id, run_id, task_id, index, result)
+    image = TaskImage(ti.dag_id, ti.run_id, ti.task_id, ti.map_index, _result_or_error(session, ti))
     try:
         content = results.read_sidecar(image)
     except ImageUnavailableError as exc:
         raise HTTPException(exc.status, exc.message) from None
     if content is None:
-        raise HTTPException(404, f"{task_id} kept its image in XCom (no output_path), so it has no sidecar")
+        raise HTTPException(404, f"{ti.label} kept its image in XCom (no output_path), so it has no sidecar")
     return JSONResponse(content, headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
 
 
-def _result_or_error(session: Any, dag_id: str, run_id: str, task_id: str, index: int) -> dict[str, Any]:
+def _result_or_error(session: Any, ti: TaskInstanceRef) -> dict[str, Any]:
     try:
-        return results.task_result(session, dag_id, run_id, task_id, index)
+        return results.task_result(session, ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
     except ImageUnavailableError as exc:
         raise HTTPException(exc.status, exc.message) from None
 
@@ -334,14 +323,13 @@ def _image_or_error(result: dict[str, Any]) -> bytes:
         raise HTTPException(exc.status, exc.message) from None
 
 
-def _file_name(result: dict[str, Any], dag_id: str, run_id: str, task_id: str, index: int) -> str:
-    from airflow_provider_mai.storage import default_file_name
-
+def _file_name(result: dict[str, Any]) -> str:
+    """The PNG's own file name when it is a safe header value, else one made of its sha256."""
     uri = result.get("uri")
     name = uri.rsplit("/", 1)[-1] if isinstance(uri, str) and uri else ""
-    if not re.fullmatch(r"[A-Za-z0-9._-]{1,200}", name):  # a safe header value, else our own naming
-        name = default_file_name(dag_id, run_id, task_id, index)
-    return name
+    if re.fullmatch(r"[A-Za-z0-9._-]{1,200}\.png", name):
+        return name
+    return f"mai-{str(result['sha256'])[:16]}.png"
 
 
 def _wants_html(request: Request) -> bool:
