@@ -35,18 +35,41 @@ def image_query(dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> 
     return urlencode({"dag_id": dag_id, "run_id": run_id, "task_id": task_id, "map_index": map_index})
 
 
+def content_tag(sha256: str) -> str:
+    """The tag (``v=``) an image's URLs carry: browsers may keep what such a URL names for good,
+    and a new image (a re-run) has new URLs. URLs without it are revalidated on every use."""
+    return sha256[:16]
+
+
+def _versioned(url: str, sha256: str | None) -> str:
+    return f"{url}&v={content_tag(sha256)}" if sha256 else url
+
+
 def thumbnail_url(
-    dag_id: str, run_id: str, task_id: str, map_index: int = -1, *, size: int = DEFAULT_THUMBNAIL_SIZE
+    dag_id: str,
+    run_id: str,
+    task_id: str,
+    map_index: int = -1,
+    *,
+    size: int = DEFAULT_THUMBNAIL_SIZE,
+    sha256: str | None = None,
 ) -> str:
-    """A task instance's thumbnail (JPEG), relative to the UI's base: for ``![alt](...)`` in markdown."""
+    """A task instance's thumbnail (JPEG), relative to the UI's base: for ``![alt](...)`` in markdown.
+
+    :param sha256: the image's sha256 (from its result), to let browsers cache the thumbnail.
+    """
     if size not in THUMBNAIL_SIZES:
         raise ValueError(f"size must be one of {THUMBNAIL_SIZES}; got {size!r}")
-    return f"{PLUGIN_PREFIX}/thumb?{image_query(dag_id, run_id, task_id, map_index)}&size={size}"
+    return _versioned(
+        f"{PLUGIN_PREFIX}/thumb?{image_query(dag_id, run_id, task_id, map_index)}&size={size}", sha256
+    )
 
 
-def image_url(dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:
-    """A task instance's full-size PNG, relative to the UI's base."""
-    return f"{PLUGIN_PREFIX}/image?{image_query(dag_id, run_id, task_id, map_index)}"
+def image_url(
+    dag_id: str, run_id: str, task_id: str, map_index: int = -1, *, sha256: str | None = None
+) -> str:
+    """A task instance's full-size PNG, relative to the UI's base (``sha256``: as for thumbnails)."""
+    return _versioned(f"{PLUGIN_PREFIX}/image?{image_query(dag_id, run_id, task_id, map_index)}", sha256)
 
 
 def task_instance_tab_url(dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:
@@ -86,8 +109,9 @@ def review_markdown(
     header = " | ".join(f"**{_markdown_text(label)}**" for label in labels)
     rule = " | ".join(":-:" for _ in labels)
     images = " | ".join(
-        f"![{_markdown_text(label)}]({thumbnail_url(dag_id, run_id, task_id, index, size=size)})"
-        for index, label in enumerate(labels)
+        f"![{_markdown_text(label)}]"
+        f"({thumbnail_url(dag_id, run_id, task_id, index, size=size, sha256=result.get('sha256'))})"
+        for index, (label, result) in enumerate(zip(labels, results, strict=True))
     )
     captions = " | ".join(
         f"{_markdown_text(result.get('prompt') or '')} "

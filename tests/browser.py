@@ -29,9 +29,13 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One Chromium for the whole session; each test opens its own context (cookies, pages)."""
+    """One Chromium per test module; each test opens its own context (cookies, pages).
+
+    Not per session: while Playwright's sync API is running, s3fs in the same process finds no AWS
+    credentials (seen with the object store tests run after a browser test), so it stops with its module.
+    """
     if not CHROMIUM:
         unavailable("Chromium is not installed (apt-get install chromium)")
     try:

@@ -328,8 +328,12 @@ def test_thumbnails_are_small_jpegs_cached_by_sha256(api, tokens, ui_run):
         assert answer.content[:3] == b"\xff\xd8\xff"
         assert len(answer.content) <= MAX_THUMBNAIL_BYTES
         assert image_size(answer.content) == (size, size * 768 // 1024)
-        assert "immutable" in answer.headers["cache-control"]
+        assert answer.headers["cache-control"] == "private, no-cache"  # no content tag: revalidate
         sizes[size] = len(answer.content)
+    tagged = api.get(
+        route("thumb", ui_run.run_id, "generate", 0) + f"&v={generated['sha256'][:16]}", headers=viewer
+    )
+    assert "immutable" in tagged.headers["cache-control"]  # this URL names this very image for good
     assert png.stat().st_size > 25 * sizes[320]  # ~1.6 MB PNG -> a few tens of KB at most
     # Cached by the image's sha256: served again without reading the store...
     original = png.read_bytes()
@@ -420,14 +424,14 @@ def test_review_markdown_shows_thumbnails_and_cannot_be_hijacked_by_a_prompt():
     from airflow_provider_mai.links import review_markdown
 
     results = [
-        {"prompt": "a mug"},
+        {"prompt": "a mug", "sha256": "ab" * 32},
         {"prompt": "a cup ![x](https://evil.example/t.png) | [y](javascript:1)\nend"},
     ]
     table = review_markdown("d", "r+1", "gen", results, ["One", "Two"])
     rows = table.split("\n")
     assert len(rows) == 4 and rows[0] == "| **One** | **Two** |"
     assert re.findall(r"!\[[^\]]*\]\(([^)]*)\)", table) == [
-        "mai/thumb?dag_id=d&run_id=r%2B1&task_id=gen&map_index=0&size=320",
+        "mai/thumb?dag_id=d&run_id=r%2B1&task_id=gen&map_index=0&size=320&v=abababababababab",
         "mai/thumb?dag_id=d&run_id=r%2B1&task_id=gen&map_index=1&size=320",
     ]
     assert "evil.example" in rows[3] and r"\!\[x\]\(https" in rows[3] and r"\|" in rows[3]

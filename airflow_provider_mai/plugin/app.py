@@ -25,7 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from airflow_provider_mai.links import DEFAULT_THUMBNAIL_SIZE, THUMBNAIL_SIZES
+from airflow_provider_mai.links import DEFAULT_THUMBNAIL_SIZE, THUMBNAIL_SIZES, content_tag
 from airflow_provider_mai.plugin import results
 from airflow_provider_mai.plugin.results import ImageUnavailableError, TaskImage
 from airflow_provider_mai.plugin.thumbnails import (
@@ -44,8 +44,10 @@ RUNS_PER_PAGE = 10
 IMAGES_PER_RUN_IN_GALLERY = 12
 #: Images on one run or task tab (a mapped task can have thousands of map indexes).
 MAX_IMAGES_PER_PAGE = 500
-#: Browser caching: URLs carry the image's sha256 (``v=``), so a new image gets a new URL.
+#: Browser caching: a URL carrying the image's content tag (``v=``, its sha256's start) names that
+#: image for good; without it, the browser revalidates (ETag) so a re-run's image is never stale.
 IMMUTABLE = "private, max-age=604800, immutable"
+REVALIDATE = "private, no-cache"
 #: The pages load nothing from elsewhere; their one inline script and style are static text.
 PAGE_HEADERS = {
     "Content-Security-Policy": (
@@ -260,7 +262,7 @@ def full_image(
     """The full-size PNG, checked against the sha256 its task recorded."""
     result = _result_or_error(session, ti)
     etag = f'"{result["sha256"]}"'
-    headers = {"ETag": etag, "Cache-Control": IMMUTABLE, "X-Content-Type-Options": "nosniff"}
+    headers = _image_headers(request, str(result["sha256"]), etag)
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
     png = _image_or_error(result)
@@ -279,7 +281,7 @@ def thumbnail(
     result = _result_or_error(session, ti)
     sha256 = str(result["sha256"])
     etag = f'"{sha256}-{size}"'
-    headers = {"ETag": etag, "Cache-Control": IMMUTABLE, "X-Content-Type-Options": "nosniff"}
+    headers = _image_headers(request, sha256, etag)
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
     cache = thumbnail_cache()
@@ -307,6 +309,12 @@ def sidecar(ti: TaskInstanceDep, session: SessionDep) -> JSONResponse:
     if content is None:
         raise HTTPException(404, f"{ti.label} kept its image in XCom (no output_path), so it has no sidecar")
     return JSONResponse(content, headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
+
+
+def _image_headers(request: Request, sha256: str, etag: str) -> dict[str, str]:
+    tagged = request.query_params.get("v") == content_tag(sha256)
+    cache_control = IMMUTABLE if tagged else REVALIDATE
+    return {"ETag": etag, "Cache-Control": cache_control, "X-Content-Type-Options": "nosniff"}
 
 
 def _result_or_error(session: Any, ti: TaskInstanceRef) -> dict[str, Any]:

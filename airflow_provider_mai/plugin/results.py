@@ -21,9 +21,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_mai.links import MaiImageLink, image_query
+from airflow_provider_mai.links import MaiImageLink, content_tag, image_query
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -84,8 +85,8 @@ class TaskImage:
 
     @property
     def version(self) -> str:
-        """A short content tag for URLs: a re-run's new image gets new URLs (browser caches)."""
-        return str(self.result["sha256"])[:16]
+        """The content tag for this image's URLs: a re-run's new image gets new URLs."""
+        return content_tag(str(self.result["sha256"]))
 
     @property
     def label(self) -> str:
@@ -213,14 +214,26 @@ def _xcom_value(row: Any) -> Any:
     return XComModel.deserialize_value(row)
 
 
+#: How long the list of DAGs with images (the gallery's DAG filter) is reused: it scans one index
+#: entry per MAI task instance ever run, so it is not redone for every page view.
+DAG_LIST_TTL = 60.0
+_dag_list: tuple[float, frozenset[str]] | None = None
+_dag_list_lock = threading.Lock()
+
+
 def dags_with_images(session: Session, readable: Iterable[str]) -> list[str]:
-    """The DAGs (among ``readable``) that have at least one MAI task instance that ran."""
+    """The DAGs (among ``readable``) that have at least one MAI task instance that ran (a list at
+    most ``DAG_LIST_TTL`` seconds old)."""
+    global _dag_list
     from airflow.models.xcom import XComModel
     from sqlalchemy import select
 
-    readable = set(readable)
-    stmt = select(XComModel.dag_id).where(XComModel.key == LINK_XCOM_KEY).distinct()
-    return sorted(dag_id for (dag_id,) in session.execute(stmt) if dag_id in readable)
+    with _dag_list_lock:
+        if _dag_list is None or monotonic() - _dag_list[0] > DAG_LIST_TTL:
+            stmt = select(XComModel.dag_id).where(XComModel.key == LINK_XCOM_KEY).distinct()
+            _dag_list = (monotonic(), frozenset(dag_id for (dag_id,) in session.execute(stmt)))
+        with_images = _dag_list[1]
+    return sorted(with_images & set(readable))
 
 
 def recent_runs(
