@@ -1,10 +1,12 @@
 """Errors raised by the MAI provider, and the one place where HTTP answers become errors.
 
 Every error is a :class:`MaiError` (an ``AirflowException``). Errors that cannot succeed on a
-rerun - bad input, content filtered, bad credentials, unknown deployment - also derive from
-``AirflowFailException``, so Airflow fails the task at once instead of spending task retries
-(and quota) on them. Transient failures are retried inside the hook; when retries run out,
+rerun - bad input, content filtered, bad credentials, unknown deployment, a redirect - also derive
+from ``AirflowFailException``, so Airflow fails the task at once instead of spending task retries
+(and quota) on them. Transient failures are retried inside the client; when retries run out,
 :class:`MaiTransientError` says how many attempts were made and what the last answer was.
+
+Without Airflow (the client used on its own) the same classes derive from plain exceptions.
 """
 
 from __future__ import annotations
@@ -12,8 +14,20 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow_provider_mai.api import EDIT_MODELS_TEXT, ENTRA_SCOPE, MAX_PIXELS, MIN_SIDE
+
+try:
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+except ImportError:  # the client used without Airflow: same hierarchy, plain bases
+
+    class AirflowException(Exception):  # type: ignore[no-redef]
+        """Stands in for Airflow's base exception when Airflow is not installed."""
+
+    class AirflowFailException(AirflowException):  # type: ignore[no-redef]
+        """Stands in for Airflow's no-retry exception when Airflow is not installed."""
+
 
 #: Error codes the service (and Azure OpenAI) use for content filtering.
 CONTENT_FILTER_CODES = frozenset(
@@ -23,6 +37,8 @@ CONTENT_FILTER_CODES = frozenset(
 REQUEST_ID_HEADERS = ("x-ms-request-id", "apim-request-id", "x-request-id")
 #: Statuses worth another attempt.
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: The longest piece of the service's own error text quoted in a message.
+MAX_QUOTED_CHARS = 300
 
 
 class MaiError(AirflowException):
@@ -33,6 +49,9 @@ class MaiError(AirflowException):
     :param error_code: the ``code`` from the service's error body, when it sent one.
     :param request_id: the service's request id, for support tickets, when known.
     :param attempts: how many HTTP requests were made for this call (0 when none was sent).
+    :param possibly_billed: the request reached the service in full before this failure (a
+        timeout, a cut-off answer, a 5xx): the service may have made and billed an image.
+    :param retry_after: seconds the service asked us to wait before another attempt, if it said.
     """
 
     retryable = False
@@ -45,6 +64,8 @@ class MaiError(AirflowException):
         error_code: str | None = None,
         request_id: str | None = None,
         attempts: int = 0,
+        possibly_billed: bool = False,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -53,6 +74,8 @@ class MaiError(AirflowException):
         self.error_code = error_code
         self.request_id = request_id
         self.attempts = attempts
+        self.possibly_billed = possibly_billed
+        self.retry_after = retry_after
 
     def __str__(self) -> str:
         details = []
@@ -134,7 +157,16 @@ class MaiRateLimitError(MaiTransientError):
 
 
 class MaiResponseError(MaiTransientError):
-    """The service answered 200 with a body that is not a usable image answer."""
+    """The service answered 200 with a body that is not a usable image answer, or broke HTTP."""
+
+
+class MaiResponseTooLargeError(MaiResponseError):
+    """An answer larger than the connection's ``max_response_mb`` (after decompression).
+
+    Not retried: a service that answers with more than any image needs will do it again.
+    """
+
+    retryable = False
 
 
 def error_body(content: bytes | bytearray) -> tuple[str | None, str | None, str | None]:
@@ -164,25 +196,43 @@ def error_body(content: bytes | bytearray) -> tuple[str | None, str | None, str 
     )
 
 
+def one_line(text: str, limit: int = MAX_QUOTED_CHARS) -> str:
+    """``text`` on one line (whitespace runs and control characters collapsed), cut to ``limit``."""
+    cleaned = "".join(ch if ch.isprintable() else " " for ch in text[: limit * 4])
+    flat = " ".join(cleaned.split())
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+
+
 def request_id_from(headers: Mapping[str, str]) -> str | None:
-    """The service's request id from response headers, if it sent one."""
+    """The service's request id from response headers, if it sent one (one line, bounded)."""
     for name in REQUEST_ID_HEADERS:
         value = headers.get(name)
         if value:
-            return value
+            return one_line(value, 100)
     return None
 
 
 def _filter_label(message: str | None, details: str | None) -> str | None:
     for text in (message, details):
         if text and "label '" in text:
-            return text.split("label '", 1)[1].split("'", 1)[0] or None
+            return one_line(text.split("label '", 1)[1].split("'", 1)[0], 100) or None
     return None
 
 
-def _snippet(content: bytes | bytearray, limit: int = 200) -> str:
-    text = content[:limit].decode("utf-8", "replace").strip()
-    return " ".join(text.split()) or "<empty body>"
+def _said(message: str | None, content: bytes | bytearray) -> str:
+    """What the service said, quoted as one bounded line without a closing full stop."""
+    text = message if message else content[: MAX_QUOTED_CHARS * 4].decode("utf-8", "replace")
+    return one_line(text).rstrip(".") or "<empty body>"
+
+
+def _redirect_target(headers: Mapping[str, str]) -> str:
+    """The host a redirect points to (never its path or query, which may carry tokens)."""
+    location = headers.get("location") or ""
+    try:
+        host = urlsplit(location[:2048].strip()).hostname
+    except ValueError:
+        host = None
+    return one_line(host, 255) if host else "another location"
 
 
 def error_for_response(
@@ -193,17 +243,28 @@ def error_for_response(
     endpoint: str,
     deployment: str,
     attempts: int,
+    conn_id: str = "mai_default",
 ) -> MaiError:
     """Map a non-200 answer to the error a caller should see. The only place statuses become errors."""
     code, message, details = error_body(content)
     request_id = request_id_from(headers)
-    said = message or _snippet(content)
+    said = _said(message, content)
     common: dict[str, Any] = {
         "status_code": status_code,
-        "error_code": code,
+        "error_code": one_line(code, 100) if code else None,
         "request_id": request_id,
         "attempts": attempts,
+        # A rate limit or a request timeout comes before any work: nothing was made or billed.
+        "possibly_billed": status_code >= 500,
     }
+    if 300 <= status_code < 400:
+        return MaiConfigurationError(
+            f"The endpoint {endpoint} of connection {conn_id!r} answered {status_code}, a redirect "
+            f"to {_redirect_target(headers)}. Redirects are never followed (they would carry the key "
+            "elsewhere): set the connection host to the endpoint itself, "
+            "https://<resource>.services.ai.azure.com.",
+            **common,
+        )
     if code and code.lower() in CONTENT_FILTER_CODES:
         label = _filter_label(message, details)
         return MaiContentFilterError(
@@ -216,15 +277,15 @@ def error_for_response(
     if status_code == 400:
         return MaiBadRequestError(
             f"The service rejected the request to deployment {deployment!r} as invalid: {said}. "
-            "Sizes must be at least 768 px on each side and at most 1,048,576 px in all; "
-            "only MAI-Image-2.5 and 2.5-Flash deployments accept edits.",
+            f"Sizes must be at least {MIN_SIDE} px on each side and at most {MAX_PIXELS:,} px in all; "
+            f"only {EDIT_MODELS_TEXT} deployments accept edits.",
             **common,
         )
     if status_code == 401:
         return MaiAuthenticationError(
-            f"The service at {endpoint} refused the credentials (401): {said}. Check the API key "
-            "(connection password), or for Entra ID that the identity has a Cognitive Services role "
-            "and the token scope is https://cognitiveservices.azure.com/.default.",
+            f"The service at {endpoint} refused the credentials of connection {conn_id!r} (401): "
+            f"{said}. Check the API key (connection password), or for Entra ID that the identity has "
+            f"a Cognitive Services role and the token scope is {ENTRA_SCOPE}.",
             **common,
         )
     if status_code == 403:
@@ -235,9 +296,9 @@ def error_for_response(
         )
     if status_code == 404:
         return MaiNotFoundError(
-            f"Not found (404) at {endpoint} for deployment {deployment!r}: {said}. Check the "
-            "connection host (https://<resource>.services.ai.azure.com) and the deployment name "
-            "(the name chosen at deploy time, not the model name).",
+            f"Not found (404) at {endpoint} for deployment {deployment!r}: {said}. Check the host "
+            f"of connection {conn_id!r} (https://<resource>.services.ai.azure.com) and the "
+            "deployment name (the name chosen at deploy time, not the model name).",
             **common,
         )
     if status_code == 429:

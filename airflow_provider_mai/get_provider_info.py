@@ -40,8 +40,8 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
     },
     "timeout": {
         "label": "Timeout (s)",
-        "description": "Seconds to wait for one response. Generations take ~40 s at the median and "
-        "have been seen past 100 s.",
+        "description": "Seconds for one response: connecting, headers and the whole body together. "
+        "Generations take ~40 s at the median and have been seen past 100 s.",
         "schema": {"type": ["number", "null"], "default": 300},
     },
     "max_retries": {
@@ -60,6 +60,28 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
         "description": "Folder of the shared send-slot schedule for 'rpm' (default: the temp folder). "
         "A shared volume with file locks extends pacing across hosts.",
         "schema": {"type": ["string", "null"]},
+    },
+    "retry_sent_requests": {
+        "label": "Retry requests the service received",
+        "description": "Retry a request that reached the service in full and then failed (a timeout, "
+        "a cut-off answer, a 5xx): the service may have made and billed that image. Default true.",
+        "schema": {"type": ["boolean", "null"], "default": True},
+    },
+    "max_response_mb": {
+        "label": "Largest answer (MB)",
+        "description": "Cap on one response body after decompression (a 1024x1024 answer is 2-4 MB).",
+        "schema": {"type": ["number", "null"], "default": 64},
+    },
+    "max_input_mb": {
+        "label": "Largest edit input (MB)",
+        "description": "Cap on an edit's input image; larger inputs are refused before any request.",
+        "schema": {"type": ["number", "null"], "default": 50},
+    },
+    "allow_http_inputs": {
+        "label": "Allow web URLs as edit input",
+        "description": "Let tasks read http(s):// URLs as edit input. Off: a template rendering a URL "
+        "from upstream data cannot make workers fetch arbitrary addresses.",
+        "schema": {"type": ["boolean", "null"], "default": False},
     },
     "ca_bundle": {
         "label": "CA bundle path",
@@ -86,6 +108,8 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
         "timeout": "300",
         "max_retries": "5",
         "rpm": "12",
+        "max_response_mb": "64",
+        "max_input_mb": "50",
     },
 }
 

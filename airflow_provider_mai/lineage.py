@@ -16,6 +16,7 @@ import attrs
 from openlineage.client.facet_v2 import JobFacet, RunFacet
 
 from airflow_provider_mai import __version__
+from airflow_provider_mai.models import ImageRecord
 
 if TYPE_CHECKING:
     from airflow.providers.openlineage.extractors import OperatorLineage
@@ -67,41 +68,18 @@ def _azure_account(location: Any) -> str | None:
         return None
 
 
-def operator_lineage(
-    *,
-    operation: str,
-    result: dict[str, Any] | None,
-    source: Any,
-    endpoint: str | None,
-    output_location: Any,
-) -> OperatorLineage:
-    """The lineage of one finished MAI task."""
+def operator_lineage(record: ImageRecord, *, endpoint: str | None) -> OperatorLineage:
+    """The lineage of one finished MAI task, from its result record."""
     from airflow.providers.common.compat.openlineage.facet import Dataset
     from airflow.providers.openlineage.extractors import OperatorLineage
 
-    inputs = [Dataset(namespace=n, name=k) for n, k in filter(None, [dataset_name(source)])]
-    outputs = []
-    if result and result.get("uri"):
-        named = dataset_name(output_location if output_location is not None else result["uri"])
-        if named:
-            outputs.append(Dataset(namespace=named[0], name=named[1]))
-    facets = _facets(operation, result or {}, endpoint)
-    return OperatorLineage(inputs=inputs, outputs=outputs, job_facets=facets["job"], run_facets=facets["run"])
-
-
-def _facets(operation: str, result: dict[str, Any], endpoint: str | None) -> dict[str, dict[str, Any]]:
-    """A job facet naming the service and deployment, and a run facet with what this run produced."""
-    job = MaiImageJobFacet(operation=operation, deployment=result.get("deployment"), endpoint=endpoint)
-    run = MaiImageRunFacet(
-        model=result.get("model"),
-        width=result.get("width"),
-        height=result.get("height"),
-        sha256=result.get("sha256"),
-        request_id=result.get("request_id"),
-        usage=result.get("usage"),
-        reused=bool(result.get("reused")),
+    inputs = [Dataset(namespace=n, name=k) for n, k in filter(None, [dataset_name(record.source_image)])]
+    outputs = [Dataset(namespace=n, name=k) for n, k in filter(None, [dataset_name(record.uri)])]
+    job = MaiImageJobFacet(operation=record.operation, deployment=record.deployment, endpoint=endpoint)
+    run = MaiImageRunFacet(**record.lineage_fields())
+    return OperatorLineage(
+        inputs=inputs, outputs=outputs, job_facets={"mai_image": job}, run_facets={"mai_image": run}
     )
-    return {"job": {"mai_image": job}, "run": {"mai_image": run}}
 
 
 @attrs.define
@@ -114,15 +92,10 @@ class MaiImageJobFacet(JobFacet):
     provider_version: str = __version__
 
 
-@attrs.define
-class MaiImageRunFacet(RunFacet):
-    """What one run received from the service, for cost and provenance reports."""
-
-    model: str | None
-    width: int | None
-    height: int | None
-    sha256: str | None
-    request_id: str | None
-    usage: dict[str, Any] | None
-    reused: bool
-    ai_generated: bool = True
+#: What one run received from the service, for cost and provenance reports: the result record's
+#: lineage fields (declared once, in :class:`~airflow_provider_mai.models.ImageRecord`).
+MaiImageRunFacet = attrs.make_class(
+    "MaiImageRunFacet",
+    {name: attrs.field(default=None) for name in ImageRecord.lineage_field_names()},
+    bases=(RunFacet,),
+)

@@ -10,13 +10,21 @@ The slot schedule is one small file per endpoint and deployment, updated under a
 ``flock``, so every task on a host shares it - all processes of a LocalExecutor or of one Celery
 worker. Hosts do not share it: give each host its share of the quota (``rpm`` = quota / hosts), or
 point ``rpm_state_dir`` at a shared volume that supports locks.
+
+The schedule is not trusted blindly. Its folder must belong to the user and be writable by no one
+else; the file is opened without following links; and a slot further away than the schedule can
+legitimately reach (:attr:`RequestPacer.horizon`: one minute of the quota) or not a finite number -
+a damaged file, a wall clock stepped back - is discarded: it costs at most one slot of spacing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
+import math
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,9 +35,26 @@ from pathlib import Path
 SAFETY_MARGIN = 1.01
 
 
+class PacingStateError(Exception):
+    """The schedule's folder or file is not safe to use (owned by another user, a link...)."""
+
+
 def default_state_dir() -> Path:
     """Where slot schedules live unless the connection says otherwise (per user, on this host)."""
     return Path(tempfile.gettempdir()) / f"airflow-provider-mai-{os.getuid()}"
+
+
+def _private_folder(folder: Path) -> None:
+    """Create ``folder`` (mode 0700) or check that it is ours, a real folder, and closed to others."""
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700, parents=True)
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode):
+        raise PacingStateError(f"pacing state folder {folder} is not a folder (a link or a file)")
+    if info.st_uid != os.geteuid():
+        raise PacingStateError(f"pacing state folder {folder} belongs to another user (uid {info.st_uid})")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise PacingStateError(f"pacing state folder {folder} is writable by other users")
 
 
 class RequestPacer:
@@ -48,29 +73,45 @@ class RequestPacer:
         state_dir: str | Path | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if rpm <= 0:
-            raise ValueError(f"rpm must be positive, got {rpm}")
+        if not (rpm > 0 and math.isfinite(rpm)):
+            raise ValueError(f"rpm must be a positive number, got {rpm}")
         self.interval = 60.0 / rpm * SAFETY_MARGIN
+        #: The furthest a slot can legitimately be: one minute of the quota (at least one slot).
+        self.horizon = max(60.0 * SAFETY_MARGIN, self.interval)
         folder = Path(state_dir) if state_dir else default_state_dir()
         self.path = folder / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.slots"
         self._clock = clock
 
     def reserve(self) -> float:
-        """Take the next free send slot; return the seconds to wait until it (0 when it is now)."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        """Take the next free send slot; return the seconds to wait until it (0 when it is now).
+
+        Never more than :attr:`horizon`. Raises :class:`PacingStateError` when the state is unsafe.
+        """
+        _private_folder(self.path.parent)
         try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:  # ELOOP: the file is a link
+            raise PacingStateError(f"cannot open pacing state {self.path}: {exc.strerror}") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+                raise PacingStateError(f"pacing state {self.path} is not a regular file of this user")
             fcntl.flock(fd, fcntl.LOCK_EX)
-            raw = os.pread(fd, 64, 0)
-            try:
-                next_free = float(raw.decode() or 0)
-            except ValueError:  # a damaged schedule only costs one slot of spacing
-                next_free = 0.0
             now = self._clock()
-            slot = max(now, next_free)
-            encoded = repr(slot + self.interval).encode()
+            slot = max(now, self._read_slot(fd, now))
             os.ftruncate(fd, 0)
-            os.pwrite(fd, encoded, 0)
+            os.pwrite(fd, repr(slot + self.interval).encode(), 0)
         finally:
             os.close(fd)  # releases the lock
         return slot - now
+
+    def _read_slot(self, fd: int, now: float) -> float:
+        """The next free slot the file records, or ``now`` when it holds nothing believable."""
+        raw = os.pread(fd, 64, 0)
+        try:
+            next_free = float(raw.decode("ascii") or 0)
+        except (UnicodeDecodeError, ValueError):
+            return now
+        if not math.isfinite(next_free) or next_free > now + self.horizon:
+            return now
+        return next_free

@@ -1,41 +1,52 @@
-"""Reading edit inputs and writing results through Airflow's ``ObjectStoragePath``.
+"""Edit inputs read and results written through Airflow's ``ObjectStoragePath``.
 
 Every scheme Airflow's object storage knows works (``file://``, ``s3://``, ``abfs://``, ``gs://``,
-plain local paths). Writes are atomic from a reader's view: a local file is written to a temporary
-name and renamed; an object store receives a single put. The PNG goes first and the provenance
-sidecar second, so a sidecar always describes a complete image.
+plain local paths). A plain local path is a path: ``?`` and ``#`` in it are characters of a name,
+never a URL's query or fragment.
+
+Writes are atomic from a reader's view: a local file is written to a temporary name and renamed
+(or hard-linked, for an exclusive create); an object store receives a single put. The PNG goes first
+and the provenance sidecar second, so a sidecar always describes a complete image.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import os
 import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from airflow_provider_mai.exceptions import MaiConfigurationError, MaiValidationError
+from airflow_provider_mai.exceptions import MaiConfigurationError, MaiOutputExistsError, MaiValidationError
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
-    from airflow_provider_mai.hooks.mai import MaiImage
+    from airflow_provider_mai.models import ImageRecord, ImageRequest
 
 #: What an edit accepts as its input image.
 ImageSource = Union[bytes, bytearray, str, "os.PathLike[str]", "ObjectStoragePath", Mapping[str, Any]]
 
-AI_DISCLOSURE = (
-    "This image was generated or edited by an AI model (Microsoft Foundry MAI) and should be "
-    "disclosed as AI-generated where it is published."
-)
 SIDECAR_SUFFIX = ".json"
 IF_EXISTS_CHOICES = ("overwrite", "skip", "fail")
+#: How an operator names its PNG in a folder: per run (each run its own image), or per request
+#: (the same request always lands at the same path, so ``if_exists="skip"`` reuses it anywhere).
+NAMING_CHOICES = ("run", "request")
+#: Names the operator makes stay under this many bytes, leaving room for the temporary suffixes
+#: (``.<name>.<12 hex>.tmp``) within the 255 bytes most file systems allow.
+MAX_FILE_NAME_BYTES = 200
+_NAME_LIMIT = 255 - len("..0123456789ab.probe")
+#: Object stores whose fsspec file system refuses a put over an existing object (``mode="create"``).
+_EXCLUSIVE_PUT_PROTOCOLS = frozenset({"s3", "s3a", "abfs", "abfss", "az"})
+_HTTP_PROTOCOLS = frozenset({"http", "https"})
+#: Seconds to read an opted-in web URL given as edit input.
+WEB_INPUT_TIMEOUT = 60.0
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -47,30 +58,52 @@ class LoadedImage:
     location: str | None
 
 
-def _open_path(location: str | os.PathLike[str] | ObjectStoragePath) -> ObjectStoragePath:
+def _local(path_text: str) -> ObjectStoragePath:
+    """A local path as an ObjectStoragePath, literally: built from its parts, never parsed as a URL."""
+    from airflow.sdk import ObjectStoragePath
+
+    absolute = Path(os.path.abspath(os.path.expanduser(path_text)))
+    return ObjectStoragePath("/", protocol="file").joinpath(*absolute.parts[1:])
+
+
+def open_location(location: str | os.PathLike[str] | ObjectStoragePath) -> ObjectStoragePath:
+    """An ObjectStoragePath for a local path, a ``file://`` URI (kept literal too), or any fsspec URI."""
     from airflow.sdk import ObjectStoragePath
 
     if isinstance(location, ObjectStoragePath):
         return location
-    text = str(location) if not isinstance(location, (str, os.PathLike)) else os.fspath(location)
+    text = os.fspath(location) if isinstance(location, os.PathLike) else str(location)
+    if text.startswith("file://"):
+        return _local(text[len("file://") :] or "/")
     if "://" not in text:
-        # A plain local path: make it absolute so the stored location means the same everywhere.
-        text = "file://" + str(Path(text).expanduser().resolve())
+        return _local(text)
     return ObjectStoragePath(text)
 
 
-def read_image_source(source: ImageSource) -> LoadedImage:
-    """Load edit input from bytes, a local path, an fsspec URI, an ObjectStoragePath, or an
-    upstream MAI result dict (``uri`` or ``b64_json``)."""
+def is_local(path: ObjectStoragePath) -> bool:
+    """Whether ``path`` is on this machine's file system."""
+    return path.protocol in ("file", "local", "")
+
+
+def read_image_source(source: ImageSource, *, max_bytes: int, allow_http: bool = False) -> LoadedImage:
+    """Load edit input from bytes, a path, an fsspec URI, an ObjectStoragePath, or an upstream MAI
+    result (``uri`` or ``b64_json``), reading at most ``max_bytes`` (+1, to notice more).
+
+    :param allow_http: read ``http(s)://`` URLs. Off by default: a template rendering a URL from
+        upstream data would otherwise make the worker fetch any address.
+    """
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return LoadedImage(bytes(source), None)
+        return LoadedImage(_bounded(bytes(source), max_bytes, "edit input"), None)
     if isinstance(source, Mapping):
         if source.get("uri"):
-            return read_image_source(str(source["uri"]))
-        if source.get("b64_json"):
+            return read_image_source(str(source["uri"]), max_bytes=max_bytes, allow_http=allow_http)
+        encoded = source.get("b64_json")
+        if encoded:
+            if not isinstance(encoded, str) or len(encoded) > (max_bytes + 3) // 3 * 4 + 4:
+                raise _too_large("the upstream result's b64_json", max_bytes)
             try:
-                return LoadedImage(base64.b64decode(source["b64_json"], validate=True), None)
-            except (binascii.Error, ValueError, TypeError):
+                return LoadedImage(base64.b64decode(encoded, validate=True), None)
+            except (binascii.Error, ValueError):
                 raise MaiValidationError("the upstream result's b64_json is not valid base64") from None
         raise MaiValidationError(
             "the upstream result has neither 'uri' nor 'b64_json': pass a MAI operator's output, "
@@ -78,21 +111,79 @@ def read_image_source(source: ImageSource) -> LoadedImage:
         )
     if isinstance(source, str) and not source.strip():
         raise MaiValidationError("edit input path is empty")
+    if isinstance(source, str) and source.split("://", 1)[0].lower() in _HTTP_PROTOCOLS:
+        if not allow_http:
+            raise _web_refused(source)
+        return LoadedImage(_fetch_web_input(source, max_bytes), source)
     if isinstance(source, (str, os.PathLike)):
-        path = _open_path(source)
-    elif hasattr(source, "read_bytes") and hasattr(source, "protocol"):  # ObjectStoragePath / UPath
+        path = open_location(source)
+    elif hasattr(source, "open") and hasattr(source, "protocol"):  # ObjectStoragePath / UPath
         path = source
     else:
         raise MaiValidationError(
             f"edit input must be bytes, a path, a URI, an ObjectStoragePath or a MAI result; "
             f"got {type(source).__name__}"
         )
+    if path.protocol in _HTTP_PROTOCOLS:
+        if not allow_http:
+            raise _web_refused(str(path))
+        return LoadedImage(_fetch_web_input(str(path), max_bytes), str(path))
     try:
-        return LoadedImage(path.read_bytes(), str(path))
+        with path.open("rb") as handle:
+            data = handle.read(max_bytes + 1)
     except FileNotFoundError:
         raise MaiValidationError(f"edit input not found: {path}") from None
     except IsADirectoryError:
         raise MaiValidationError(f"edit input is a folder, not an image: {path}") from None
+    return LoadedImage(_bounded(data, max_bytes, f"edit input {path}"), str(path))
+
+
+def _web_refused(url: str) -> MaiValidationError:
+    return MaiValidationError(
+        f"edit input {url[:200]!r} is a web URL: reading URLs is off, so a template cannot make the "
+        "worker fetch any address. Copy the image to object storage, or let the connection's owner "
+        "set the extra allow_http_inputs=true."
+    )
+
+
+def _fetch_web_input(url: str, max_bytes: int) -> bytes:
+    """GET an opted-in web URL with the provider's bounds: a deadline, the size cap, no redirects."""
+    from airflow_provider_mai import __version__
+    from airflow_provider_mai.transport import TransportError, exchange, new_session
+
+    session = new_session(f"airflow-provider-mai/{__version__}")
+    try:
+        answer = exchange(
+            session,
+            url,
+            method="GET",
+            headers={},
+            timeout=WEB_INPUT_TIMEOUT,
+            connect_timeout=10,
+            max_body=max_bytes,
+        )
+    except TransportError as exc:
+        if exc.kind == "too_large":
+            raise _too_large(f"edit input {url[:200]}", max_bytes) from None
+        raise MaiValidationError(f"edit input {url[:200]!r} could not be read: {exc.reason}") from None
+    finally:
+        session.close()
+    if answer.status != 200:
+        raise MaiValidationError(f"edit input {url[:200]!r} answered {answer.status}, not an image")
+    return bytes(answer.take_body())
+
+
+def _too_large(what: str, max_bytes: int) -> MaiValidationError:
+    return MaiValidationError(
+        f"{what} is larger than {max_bytes / 1048576:g} MB, the connection's max_input_mb: "
+        "use a smaller image (the service scales edits to about one megapixel anyway)"
+    )
+
+
+def _bounded(data: bytes, max_bytes: int, what: str) -> bytes:
+    if len(data) > max_bytes:
+        raise _too_large(what, max_bytes)
+    return data
 
 
 def safe_name_part(text: str) -> str:
@@ -100,12 +191,33 @@ def safe_name_part(text: str) -> str:
     return _UNSAFE.sub("_", text).strip("._") or "x"
 
 
+def short_name(stem: str, suffix: str = ".png") -> str:
+    """``stem + suffix``, shortened deterministically when too long: a readable prefix and a hash."""
+    if len((stem + suffix).encode()) <= MAX_FILE_NAME_BYTES:
+        return stem + suffix
+    digest = hashlib.sha256(stem.encode()).hexdigest()[:16]
+    keep = MAX_FILE_NAME_BYTES - len(suffix) - len(digest) - 2
+    return f"{stem.encode()[:keep].decode('ascii', 'ignore')}__{digest}{suffix}"
+
+
 def default_file_name(dag_id: str, run_id: str, task_id: str, map_index: int | None) -> str:
     """The name an operator gives its PNG in a folder: unique per DAG, run, task and map index."""
     parts = [safe_name_part(dag_id), safe_name_part(run_id), safe_name_part(task_id)]
     if map_index is not None and map_index >= 0:
         parts.append(str(map_index))
-    return "__".join(parts) + ".png"
+    return short_name("__".join(parts))
+
+
+def request_file_name(request: ImageRequest) -> str:
+    """The name of a request's PNG: the same for the same request in any run, DAG or day.
+
+    A readable prefix (operation, deployment, the prompt's start) and the request fingerprint,
+    which covers everything asked (prompt, deployment, size, extra params, an edit input's sha256).
+    """
+    prompt = safe_name_part(request.prompt)[:60].strip("._") or "image"
+    return short_name(
+        f"{request.operation}__{safe_name_part(request.deployment)}__{prompt}__{request.fingerprint[:20]}"
+    )
 
 
 def resolve_output_path(
@@ -113,7 +225,7 @@ def resolve_output_path(
 ) -> ObjectStoragePath:
     """The PNG's final location: ``output_path`` itself, or ``file_name`` inside it when it is a
     folder (a string ending in ``/``, or an ObjectStoragePath to an existing folder)."""
-    path = _open_path(output_path)
+    path = open_location(output_path)
     if isinstance(output_path, (str, os.PathLike)):
         is_folder = os.fspath(output_path).endswith(("/", os.sep))
     else:
@@ -126,42 +238,30 @@ def sidecar_path(png_path: ObjectStoragePath) -> ObjectStoragePath:
     return png_path.parent / (png_path.stem + SIDECAR_SUFFIX)
 
 
-def request_fingerprint(**request: Any) -> str:
-    """A stable digest of what was asked (operation, deployment, prompt, size, input...).
+def check_png_name(name: str, shown: str) -> None:
+    """The file name of an output must end in ``.png`` and fit a file system's 255 bytes."""
+    if not name.lower().endswith(".png"):
+        raise MaiConfigurationError(
+            f"output_path {shown} must name a .png file (or end with '/' to name a folder): the "
+            "service always answers PNG, and the provenance sidecar takes the .json name beside it"
+        )
+    if len(name.encode()) > _NAME_LIMIT:
+        raise MaiConfigurationError(
+            f"output_path's file name is {len(name.encode())} bytes long; at most {_NAME_LIMIT} fit"
+        )
 
-    ``if_exists="skip"`` compares it with the sidecar's, so a rerun asking for the same image is free.
+
+def check_output(path: ObjectStoragePath) -> None:
+    """Fail early (before any quota is spent) when ``path`` cannot receive an image.
+
+    The name must end in ``.png`` (the service always answers PNG; and a ``.json`` name would be
+    its own sidecar) and fit the file system. A local location is probed for real: the folder is
+    created and a probe file written and removed - permission bits cannot tell (root ignores them;
+    read-only mounts and virtual file systems do not show in them). Object stores are checked by
+    the write itself: probing them would cost a request and a delete permission.
     """
-    import hashlib
-
-    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def read_sidecar(png_path: ObjectStoragePath) -> dict[str, Any] | None:
-    """The sidecar of an existing PNG, or None when either is missing or unreadable."""
-    side = sidecar_path(png_path)
-    try:
-        if not png_path.exists():
-            return None
-        meta = json.loads(side.read_text())
-    except (FileNotFoundError, ValueError, UnicodeDecodeError):
-        return None
-    return meta if isinstance(meta, dict) else None
-
-
-def _is_local(path: ObjectStoragePath) -> bool:
-    return path.protocol in ("file", "local", "")
-
-
-def check_writable(path: ObjectStoragePath) -> None:
-    """Fail early (before any quota is spent) when a local output location cannot be written.
-
-    The folder is created and a probe file written and removed: permission bits cannot tell
-    (root ignores them; read-only mounts and virtual file systems do not show in them).
-    Object stores are checked by the write itself: probing them would cost a request and a
-    delete permission the user may not have granted.
-    """
-    if not _is_local(path):
+    check_png_name(path.name, str(path))
+    if not is_local(path):
         return
     target = Path(path.path)
     if target.is_dir():
@@ -173,7 +273,7 @@ def check_writable(path: ObjectStoragePath) -> None:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise MaiConfigurationError(f"cannot write to {path}: {ancestor} is a file, not a folder")
-    probe = target.with_name(f".{target.name}.{uuid.uuid4().hex}.probe")
+    probe = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.probe")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(probe, "xb"):
@@ -185,52 +285,81 @@ def check_writable(path: ObjectStoragePath) -> None:
         raise MaiConfigurationError(f"cannot write to {path}: {exc.strerror or exc}") from None
 
 
-def _atomic_write(path: ObjectStoragePath, data: bytes) -> None:
-    if _is_local(path):
-        local = Path(path.path)
-        local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, local)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return
-    # Object stores publish an object only when its single PUT completes: never half an object.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-
-
-def build_sidecar(image: MaiImage, *, operation: str, fingerprint: str, source: str | None) -> dict[str, Any]:
-    """Provenance of a written image: what was asked, what came back, and the AI disclosure."""
-    return {
-        "operation": operation,
-        "prompt": image.prompt,
-        "deployment": image.deployment,
-        "model": image.model,
-        "width": image.width,
-        "height": image.height,
-        "sha256": image.sha256,
-        "size_bytes": image.size_bytes,
-        "request_id": image.request_id,
-        "usage": dict(image.usage) if image.usage else None,
-        "source_image": source,
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "request_fingerprint": fingerprint,
-        "ai_generated": True,
-        "disclosure": AI_DISCLOSURE,
-        "generator": "airflow-provider-mai",
-    }
-
-
-def write_image(path: ObjectStoragePath, image: MaiImage, sidecar: Mapping[str, Any]) -> None:
-    """Write the PNG, then its sidecar; each is complete or absent at its final name."""
+def read_sidecar(png_path: ObjectStoragePath) -> dict[str, Any] | None:
+    """The sidecar of an existing PNG, or None when either is missing or unreadable."""
     try:
-        _atomic_write(path, image.png)
-        _atomic_write(sidecar_path(path), json.dumps(sidecar, indent=2, sort_keys=True).encode())
+        if not png_path.exists():
+            return None
+        with sidecar_path(png_path).open("rb") as handle:
+            meta = json.loads(handle.read(1 << 20))
+    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def find_reusable(png_path: ObjectStoragePath, fingerprint: str) -> tuple[ImageRecord | None, str]:
+    """The record of an earlier image at ``png_path`` that answers the request ``fingerprint``
+    and is intact (its bytes match the sidecar's sha256); else None and why not."""
+    sidecar = read_sidecar(png_path)
+    if sidecar is None:
+        return None, "nothing reusable there"
+    if sidecar.get("request_fingerprint") != fingerprint:
+        return None, "it holds an image of another request"
+    if hashlib.sha256(png_path.read_bytes()).hexdigest() != sidecar.get("sha256"):
+        return None, "the image does not match its sidecar's checksum"
+    from airflow_provider_mai.models import ImageRecord
+
+    # Nothing is sent for a reused image: this task's attempts are 0 (the sidecar keeps the original's).
+    record = ImageRecord.from_sidecar(
+        sidecar, uri=str(png_path), sidecar_uri=str(sidecar_path(png_path)), reused=True, attempts=0
+    )
+    return record, "it holds this request's image"
+
+
+def _write_local(target: Path, data: bytes, *, exclusive: bool) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with open(tmp, "xb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if exclusive:
+            os.link(tmp, target)  # atomic, and refuses an existing name: first writer wins
+        else:
+            os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write(path: ObjectStoragePath, data: bytes, *, exclusive: bool = False) -> None:
+    if is_local(path):
+        _write_local(Path(path.path), data, exclusive=exclusive)
+        return
+    # Object stores publish an object only when its single put completes: never half an object.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if exclusive and path.protocol in _EXCLUSIVE_PUT_PROTOCOLS:
+        path.fs.pipe_file(path.path, data, mode="create")  # a conditional put (If-None-Match: *)
+    elif exclusive and path.exists():
+        raise FileExistsError(str(path))  # stores without conditional puts: checked, not atomic
+    else:
+        path.write_bytes(data)
+
+
+def write_image(path: ObjectStoragePath, png: bytes, record: ImageRecord, *, exclusive: bool = False) -> None:
+    """Write the PNG, then its sidecar; each is complete or absent at its final name.
+
+    :param exclusive: refuse to replace an existing PNG (``if_exists="fail"``), atomically where the
+        store allows it (local files, S3, Azure Blob).
+    """
+    try:
+        _write(path, png, exclusive=exclusive)
+        _write(sidecar_path(path), json.dumps(record.to_sidecar(), indent=2, sort_keys=True).encode())
+    except FileExistsError:
+        raise MaiOutputExistsError(
+            f"{path} was written by another task while this one ran, and if_exists='fail': the "
+            "image this task made was not kept"
+        ) from None
     except PermissionError as exc:
         raise MaiConfigurationError(f"cannot write the image to {path}: permission denied") from exc
     except OSError as exc:

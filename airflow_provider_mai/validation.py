@@ -6,15 +6,11 @@ Also the byte-level image checks: the type of an image is read from its bytes, n
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from typing import Any
 
+from airflow_provider_mai.api import MAX_PIXELS, MAX_PROMPT_CHARS, MIN_SIDE
 from airflow_provider_mai.exceptions import MaiValidationError
-
-MIN_SIDE = 768
-MAX_PIXELS = 1_048_576
-#: The service accepts 32,000 tokens of prompt. Tokens cannot be counted exactly client-side;
-#: at ~4 characters a token this many characters is certainly past the limit.
-MAX_PROMPT_CHARS = 128_000
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
@@ -32,6 +28,20 @@ def validate_prompt(prompt: Any) -> str:
             f"(about {MAX_PROMPT_CHARS:,} characters)"
         )
     return prompt
+
+
+def validate_extra_params(extra_params: Any, reserved: frozenset[str]) -> dict[str, Any]:
+    """A copy of ``extra_params`` (None: empty) if it is a dict that sets none of ``reserved``."""
+    if extra_params is None:
+        return {}
+    if not isinstance(extra_params, Mapping):
+        raise MaiValidationError(f"extra_params must be a dict, got {type(extra_params).__name__}")
+    clash = sorted(reserved & set(extra_params))
+    if clash:
+        raise MaiValidationError(
+            f"extra_params cannot set {', '.join(clash)}: pass them as the call's own arguments"
+        )
+    return dict(extra_params)
 
 
 def coerce_dimension(name: str, value: Any) -> int:

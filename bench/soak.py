@@ -58,6 +58,7 @@ def main() -> int:
 def soak(args: argparse.Namespace) -> int:
     """Run the generations, then account for every one of them; 1 when anything is unaccounted."""
     from airflow_provider_mai.exceptions import MaiContentFilterError, MaiError, MaiNotFoundError
+    from airflow_provider_mai.hooks.mai import MaiHook
     from airflow_provider_mai.operators.mai import MaiGenerateImageOperator
     from airflow_provider_mai.validation import png_size
 
@@ -81,7 +82,7 @@ def soak(args: argparse.Namespace) -> int:
                 retries[i] += 1
             time.sleep(seconds)
 
-        op.hook.sleep = counting_sleep
+        op.hook = MaiHook(op.mai_conn_id, sleep=counting_sleep)
         context = {"ti": SimpleNamespace(dag_id="soak", task_id=f"g{i}", map_index=-1), "run_id": "soak"}
         try:
             outcomes[i] = op.execute(context)

@@ -1,10 +1,37 @@
-"""Small test helpers: real images drawn with Pillow, DAG runs on real Airflow."""
+"""Small test helpers: real images drawn with Pillow, a task context, the files a test left, DAG runs on
+real Airflow."""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+
+RUN_ID = "scheduled__2026-11-25T06:00:00+00:00"
+
+
+def task_context(
+    task_id: str = "task", map_index: int = -1, run_id: str = RUN_ID, dag_id: str = "campaign"
+) -> dict:
+    """What the operators read of a task's context: the task instance's ids and the run id."""
+    ti = SimpleNamespace(dag_id=dag_id, task_id=task_id, map_index=map_index)
+    return {"ti": ti, "run_id": run_id}
+
+
+def files_in(folder: Path) -> list[str]:
+    """Every file and folder name under ``folder`` (temporary files included), sorted."""
+    return sorted(p.name for p in Path(folder).rglob("*")) if Path(folder).exists() else []
+
+
+class SleepRecorder:
+    """Stands in for time.sleep in a hook or client, so backoff choices can be read (and tests stay fast)."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
 
 
 def make_png(width: int = 800, height: int = 600, colour: tuple[int, int, int] = (10, 120, 200)) -> bytes:
@@ -79,3 +106,68 @@ def run_dag(dag_id: str, conf: dict[str, Any] | None = None):
         rows = session.query(XComModel).filter_by(dag_id=dag_id, run_id=run.run_id, key="return_value").all()
         xcoms = {(row.task_id, row.map_index): XComModel.deserialize_value(row) for row in rows}
     return run, states, xcoms
+
+
+def make_tls_files(folder: Path, name: str = "test") -> tuple[Path, Path, Path]:
+    """A private CA and a server certificate it signed for 127.0.0.1 / localhost.
+
+    Returns ``(ca_pem, server_cert_pem, server_key_pem)``.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_pem, cert_pem, key_pem = folder / f"{name}-ca.pem", folder / f"{name}.pem", folder / f"{name}.key"
+    ca_pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return ca_pem, cert_pem, key_pem

@@ -8,9 +8,11 @@ import time
 import pytest
 from azure.core.credentials import AccessToken
 
+from airflow_provider_mai.api import ENTRA_SCOPE
+from airflow_provider_mai.auth import build_credential
 from airflow_provider_mai.emulator import Fault
 from airflow_provider_mai.exceptions import MaiAuthenticationError, MaiConfigurationError
-from airflow_provider_mai.hooks.mai import ENTRA_SCOPE, MaiHook
+from airflow_provider_mai.hooks.mai import MaiHook
 from tests.conftest import API_KEY
 
 
@@ -104,13 +106,13 @@ def test_credential_failure_is_a_clear_error_without_its_text(entra_conn, emulat
 )
 def test_credential_is_chosen_from_the_connection(connect, extra, expected):
     hook = MaiHook(connect("mai_pick", password=None, extra=extra))
-    assert type(hook._build_credential()).__name__ == expected
+    assert type(build_credential(hook.settings)).__name__ == expected
 
 
 def test_incomplete_service_principal_is_refused(connect):
     hook = MaiHook(connect("mai_half", password=None, extra={"tenant_id": "t", "client_id": "c"}))
     with pytest.raises(MaiConfigurationError, match="tenant_id, client_id and client_secret"):
-        hook._build_credential()
+        build_credential(hook.settings)
 
 
 def test_auth_type_defaults_follow_the_password(connect):

@@ -148,3 +148,35 @@ def test_transient_errors_are_retried_inside_the_task(dag_env, emulator):
     assert run.state == "success", states
     assert [r.status for r in emulator.requests] == [503, 503, 200]
     assert xcoms[("generate", -1)]["width"] == 1024
+
+
+def test_request_naming_makes_a_rerun_free_across_runs(dag_env, emulator):
+    conf = {"out": str(dag_env)}
+    first, states, first_xcoms = run_dag("mai_test_reuse_across_runs", conf)
+    assert first.state == "success", states
+    assert len(emulator.requests) == 4  # two generations, two edits
+    second, states, second_xcoms = run_dag("mai_test_reuse_across_runs", conf)
+    assert second.state == "success", states
+    assert second.run_id != first.run_id
+    assert len(emulator.requests) == 4  # a new run, and not one request more
+    for key, result in second_xcoms.items():
+        assert result["reused"] is True and result["attempts"] == 0
+        assert result["uri"] == first_xcoms[key]["uri"] and result["sha256"] == first_xcoms[key]["sha256"]
+    names = sorted(p.name for p in (dag_env / "catalogue").glob("*.png"))
+    assert len(names) == 2 and all(n.startswith("generate__mai-image-2-5__") for n in names)
+
+
+def test_a_literal_bad_size_is_an_import_error_at_parse_time(tmp_path):
+    from airflow.dag_processing.dagbag import DagBag
+
+    (tmp_path / "bad_size.py").write_text(
+        "from datetime import datetime\n"
+        "from airflow.sdk import DAG\n"
+        "from airflow_provider_mai.operators.mai import MaiGenerateImageOperator\n"
+        "with DAG('bad_size', schedule=None, start_date=datetime(2026, 1, 1)):\n"
+        "    MaiGenerateImageOperator(task_id='g', prompt='a cat', width=512)\n"
+    )
+    bag = DagBag(dag_folder=str(tmp_path))
+    (error,) = bag.import_errors.values()
+    assert "width=512 is too small" in error
+    assert "each side at least 768 px and width x height at most 1,048,576 px" in error

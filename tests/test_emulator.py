@@ -7,6 +7,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -233,12 +234,56 @@ def test_cli_prints_url_serves_and_stops_on_sigterm(free_port):
             first_line.rsplit(" ", 1)[1] + GEN, json=body, headers={"api-key": "cli-key"}, timeout=30
         )
         assert response.json()["model"] == "MAI-Image-2.5-Flash"
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=10) == 0
+        # Every connection slot (64) held by an idle client, and more waiting: SIGTERM still stops it.
+        idle = [socket.create_connection(("127.0.0.1", free_port), timeout=5) for _ in range(70)]
+        try:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=10) == 0
+        finally:
+            for sock in idle:
+                sock.close()
+        # The one-line account of what was spent, printed without --verbose.
+        assert "MAI emulator stopped after 1 request(s): 1 image(s) made" in process.stderr.read()
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.mark.parametrize("length", ["-1", "abc", "\uff11\uff12", str(64 * 1024 * 1024 + 1)])
+def test_a_request_without_a_valid_length_is_refused_unread(emulator, length):
+    with socket.create_connection(("127.0.0.1", int(emulator.url.rsplit(":", 1)[1])), timeout=5) as sock:
+        head = f"POST {GEN} HTTP/1.1\r\nHost: x\r\napi-key: {API_KEY}\r\nContent-Length: {length}\r\n\r\n"
+        sock.sendall(head.encode() + b"x" * 100)
+        answer = sock.recv(65536)
+        assert answer.startswith((b"HTTP/1.1 400", b"HTTP/1.1 413"))
+        sock.settimeout(5)
+        while sock.recv(65536):  # the emulator closes the connection: it never reads what follows
+            pass
+    assert post(emulator, width=768, height=768).status_code == 200  # and goes on serving
+
+
+def test_idle_connections_are_let_go_so_they_cannot_stall_the_emulator():
+    with MaiEmulator(api_key=API_KEY, max_concurrency=4, idle_timeout=0.3) as emulator:
+        port = int(emulator.url.rsplit(":", 1)[1])
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(4)]
+        try:
+            response = post(emulator, width=768, height=768)  # waits for a slot, not forever
+            assert response.status_code == 200
+            assert all(sock.recv(1) == b"" for sock in idle)  # each idle client was closed
+        finally:
+            for sock in idle:
+                sock.close()
+
+
+def test_latency_draws_are_repeatable_with_a_seed():
+    from airflow_provider_mai.emulator.protocol import MaiProtocol
+
+    def draws(seed: int) -> list[float]:
+        protocol = MaiProtocol(latency=(0.0, 10.0), seed=seed)
+        return [protocol._latency() for _ in range(5)]
+
+    assert draws(3) == draws(3) != draws(4)
 
 
 def test_connection_uri_points_an_airflow_connection_at_the_emulator(emulator):
@@ -253,8 +298,7 @@ def test_fault_rate_answers_a_seeded_share_with_transient_faults(connect):
     from airflow_provider_mai.hooks.mai import MaiHook
 
     with MaiEmulator(api_key=API_KEY, fault_rate=0.3, seed=7) as chaotic:
-        hook = MaiHook(connect(host=chaotic.url, extra={"max_retries": 20}))
-        hook.sleep = lambda seconds: None
+        hook = MaiHook(connect(host=chaotic.url, extra={"max_retries": 20}), sleep=lambda seconds: None)
         for i in range(20):
             assert hook.generate_image(f"p{i}", width=768, height=768).width == 768
         faulted = [r.fault for r in chaotic.requests if r.fault is not None]
@@ -266,3 +310,19 @@ def test_fault_rate_answers_a_seeded_share_with_transient_faults(connect):
 def test_fault_rate_must_be_a_share():
     with pytest.raises(ValueError, match="between 0 and 1"):
         MaiEmulator(fault_rate=1.5)
+
+
+def test_an_edit_writes_only_in_its_own_band_never_over_the_original_caption():
+    from airflow_provider_mai.emulator.render import render_edit
+
+    source = make_png(1024, 1024, colour=(40, 90, 160))  # one flat colour: any ink shows
+    with Image.open(
+        io.BytesIO(render_edit(source, "a much longer edit prompt " * 6, "MAI-Image-2.5"))
+    ) as image:
+        picture = image.convert("RGB")
+    width, height = picture.size
+    band_top = height - max(130, height // 5)
+    above = picture.crop((0, 0, width, band_top))
+    assert len(above.getcolors(maxcolors=4) or []) == 1  # untouched: the original caption stays readable
+    band = picture.crop((0, band_top, width, height))
+    assert len(band.getcolors(maxcolors=100000) or []) > 2  # the label and the edit prompt are there

@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field, replace
 from email.utils import formatdate
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
@@ -32,8 +31,10 @@ from airflow_provider_mai.exceptions import (
     MaiResponseError,
     MaiTransientError,
 )
+from airflow_provider_mai.hooks.mai import MaiHook
 from airflow_provider_mai.operators.mai import MaiGenerateImageOperator
 from airflow_provider_mai.validation import png_size
+from tests.helpers import files_in, task_context
 
 MAX_RETRIES = 3  # so a fault that never ends costs 4 attempts
 HTML_GATEWAY_PAGE = "<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
@@ -137,12 +138,14 @@ PERMANENT = (MaiBadRequestError, MaiAuthenticationError, MaiNotFoundError)
 
 
 def _context() -> dict:
-    ti = SimpleNamespace(dag_id="faults", task_id="generate", map_index=-1)
-    return {"ti": ti, "run_id": "scheduled__2026-11-25T03:00:00+00:00"}
+    return task_context("generate", dag_id="faults")
 
 
-def _files(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.rglob("*")) if folder.exists() else []
+def recording(op: MaiGenerateImageOperator) -> list[float]:
+    """Give the operator a hook whose waits are recorded, not slept; return the record."""
+    waits: list[float] = []
+    op.hook = MaiHook(op.mai_conn_id, sleep=waits.append)
+    return waits
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
@@ -154,8 +157,7 @@ def test_fault_matrix(connect, emulator, tmp_path, case: Case):
     op = MaiGenerateImageOperator(
         task_id="generate", prompt="a lighthouse", width=768, height=768, output_path=f"{output}/"
     )
-    waits: list[float] = []
-    op.hook.sleep = waits.append
+    waits = recording(op)
 
     if case.error is None:
         result = op.execute(_context())
@@ -164,7 +166,7 @@ def test_fault_matrix(connect, emulator, tmp_path, case: Case):
         assert hashlib.sha256(png).hexdigest() == result["sha256"]
         sidecar = json.loads(Path(result["sidecar_uri"].removeprefix("file://")).read_text())
         assert sidecar["sha256"] == result["sha256"]
-        assert len(_files(output)) == 2  # the PNG and its sidecar: no temp files left behind
+        assert len(files_in(output)) == 2  # the PNG and its sidecar: no temp files left behind
     else:
         with pytest.raises(case.error) as info:
             op.execute(_context())
@@ -175,7 +177,7 @@ def test_fault_matrix(connect, emulator, tmp_path, case: Case):
         assert isinstance(error, AirflowFailException) == isinstance(error, PERMANENT)
         if case.attempts > 1:
             assert f"{case.attempts} attempt" in str(error)
-        assert _files(output) == []  # nothing written: no PNG, no sidecar, no temp file
+        assert files_in(output) == []  # nothing written: no PNG, no sidecar, no temp file
 
     assert len(emulator.requests) == case.attempts
     assert len(waits) == case.attempts - 1
@@ -186,22 +188,20 @@ def test_fault_matrix(connect, emulator, tmp_path, case: Case):
 def test_connection_refused_is_retried_then_reported_and_nothing_written(connect, free_port, tmp_path):
     connect(host=f"http://127.0.0.1:{free_port}", extra={"max_retries": 2})
     op = MaiGenerateImageOperator(task_id="generate", prompt="x", output_path=f"{tmp_path}/out/")
-    waits: list[float] = []
-    op.hook.sleep = waits.append
+    waits = recording(op)
     with pytest.raises(MaiTransientError) as info:
         op.execute(_context())
     assert info.value.attempts == 3
     assert len(waits) == 2
     assert "3 attempt" in str(info.value)
-    assert _files(tmp_path / "out") == []
+    assert files_in(tmp_path / "out") == []
 
 
 def test_retry_after_is_capped_so_a_hostile_hint_cannot_park_a_worker(connect, emulator, tmp_path):
     connect()
     emulator.inject(Fault(status=429, retry_after=86_400))
     op = MaiGenerateImageOperator(task_id="generate", prompt="x", width=768, height=768)
-    waits: list[float] = []
-    op.hook.sleep = waits.append
+    waits = recording(op)
     op.execute(_context())
     assert len(waits) == 1
     assert 300.0 <= waits[0] <= 301.0

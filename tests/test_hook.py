@@ -24,25 +24,22 @@ from airflow_provider_mai.exceptions import (
     MaiTransientError,
     MaiValidationError,
 )
-from airflow_provider_mai.hooks.mai import MaiHook, MaiImage, normalise_endpoint
+from airflow_provider_mai.hooks.mai import MaiHook, MaiImage
+from airflow_provider_mai.settings import normalise_endpoint
 from airflow_provider_mai.validation import png_size
 from tests.conftest import API_KEY
-from tests.helpers import make_jpeg, make_png
+from tests.helpers import SleepRecorder, make_jpeg, make_png
 
 
 @pytest.fixture
-def hook(connect) -> MaiHook:
-    return MaiHook(connect())
+def recorder() -> SleepRecorder:
+    return SleepRecorder()
 
 
-class SleepRecorder:
-    """Stands in for time.sleep on the hook so backoff choices can be read (and tests stay fast)."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
+@pytest.fixture
+def hook(connect, recorder) -> MaiHook:
+    """A hook on the emulator whose waits (backoff, pacing) are recorded, not slept."""
+    return MaiHook(connect(), sleep=recorder)
 
 
 # -- success ---------------------------------------------------------------------------------------
@@ -107,11 +104,13 @@ def test_same_prompt_gives_same_image_and_another_prompt_differs(hook):
     assert first.sha256 == again.sha256 != other.sha256
 
 
-def test_one_session_is_reused_across_calls(hook):
-    session = hook.get_conn()
+def test_one_client_and_session_are_reused_across_calls(hook):
+    client = hook.get_conn()
+    session = client.session
     hook.generate_image("a", width=768, height=768)
     hook.generate_image("b", width=768, height=768)
-    assert hook.get_conn() is session
+    assert hook.get_conn() is client
+    assert client.session is session
 
 
 # -- edits -----------------------------------------------------------------------------------------
@@ -345,36 +344,31 @@ def test_retries_run_out_with_attempt_count_and_last_status(hook, emulator):
     assert len(emulator.requests) == 4
 
 
-def test_429_honours_retry_after_seconds(hook, emulator):
+def test_429_honours_retry_after_seconds(hook, emulator, recorder):
     emulator.inject(Fault(status=429, retry_after=1))
-    started = time.monotonic()
     hook.generate_image("x", width=768, height=768)
-    waited = time.monotonic() - started
-    assert 1.0 <= waited < 3.0
+    assert len(recorder.waits) == 1
+    assert 1.0 <= recorder.waits[0] <= 1.15  # the hint, plus at most 10 % (+50 ms) of spread
     assert [r.status for r in emulator.requests] == [429, 200]
 
 
-def test_429_honours_retry_after_ms_first(hook, emulator):
-    recorder = SleepRecorder()
-    hook.sleep = recorder
+def test_429_honours_retry_after_ms_first(hook, emulator, recorder):
     emulator.inject(Fault(status=429, retry_after=30, retry_after_ms=250))
     hook.generate_image("x", width=768, height=768)
     assert len(recorder.waits) == 1
     assert 0.25 <= recorder.waits[0] < 0.4
 
 
-def test_429_honours_retry_after_http_date(hook, emulator):
-    recorder = SleepRecorder()
-    hook.sleep = recorder
+def test_429_honours_retry_after_http_date(hook, emulator, recorder):
     emulator.inject(Fault(status=429, retry_after=formatdate(time.time() + 5, usegmt=True)))
     hook.generate_image("x", width=768, height=768)
     assert 3.0 <= recorder.waits[0] <= 6.5
 
 
-def test_429_without_hint_backs_off_with_capped_jitter(connect, emulator):
-    hook = MaiHook(connect(extra={"max_retries": 6, "retry_base_delay": 0.01, "retry_max_delay": 0.04}))
-    recorder = SleepRecorder()
-    hook.sleep = recorder
+def test_429_without_hint_backs_off_with_capped_jitter(connect, emulator, recorder):
+    hook = MaiHook(
+        connect(extra={"max_retries": 6, "retry_base_delay": 0.01, "retry_max_delay": 0.04}), sleep=recorder
+    )
     emulator.inject(Fault(status=429), times=10)
     with pytest.raises(MaiRateLimitError) as info:
         hook.generate_image("x")
@@ -398,7 +392,7 @@ def test_broken_connections_are_retried(hook, emulator, fault):
 
 def test_connection_refused_is_transient_and_counted(connect, free_port):
     hook = MaiHook(connect(host=f"http://127.0.0.1:{free_port}", extra={"max_retries": 2}))
-    with pytest.raises(MaiTransientError, match="ConnectionError") as info:
+    with pytest.raises(MaiTransientError, match="nothing answered") as info:
         hook.generate_image("x")
     assert info.value.attempts == 3
 
@@ -495,18 +489,45 @@ def test_unusable_hosts_are_refused(host, match):
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
-        ({"extra": {"auth_type": "oauth"}}, "auth_type must be"),
+        ({"extra": {"auth_type": "oauth"}}, "'auth_type' must be"),
         ({"password": None, "extra": {"auth_type": "api_key"}}, "no password"),
-        ({"extra": {"timeout": "soon"}}, "must be a number"),
-        ({"extra": {"max_retries": -1}}, "must not be negative"),
+        ({"extra": {"timeout": "soon"}}, "'timeout' must be a number"),
+        ({"extra": {"timeout": "nan"}}, "'timeout' must be between"),
+        ({"extra": {"timeout": "inf"}}, "'timeout' must be between"),
+        ({"extra": {"timeout": 0}}, "'timeout' must be between"),
+        ({"extra": {"timeout": -5}}, "'timeout' must be between"),
+        ({"extra": {"timeout": True}}, "'timeout' must be a number"),
+        ({"extra": {"max_retries": -1}}, "'max_retries' must be between 0 and 50"),
+        ({"extra": {"max_retries": 10**9}}, "'max_retries' must be between 0 and 50"),
+        ({"extra": {"max_retries": 2.5}}, "'max_retries' must be a number"),
+        ({"extra": {"retry_max_delay": "1e300"}}, "'retry_max_delay' must be between"),
+        ({"extra": {"rpm": "-inf"}}, "'rpm' must be between"),
+        ({"extra": {"max_response_mb": 0}}, "'max_response_mb' must be between"),
+        ({"extra": {"max_input_mb": "lots"}}, "'max_input_mb' must be a number"),
+        ({"extra": {"retry_sent_requests": "perhaps"}}, "'retry_sent_requests' must be true or false"),
+        ({"password": "key with\ninside"}, "API key .* holds spaces, line breaks"),
+        ({"password": "k" * 2000}, "API key .* longer than"),
         ({"host": "http://example.com"}, "plain http"),
+        ({"host": "http://attacker.example\\@127.0.0.1:8080"}, "backslash"),
+        ({"host": "https://user:secret@mai.example.com"}, "'@'"),
+        ({"host": "https://mai.example.com/?x=1"}, "'\\?'"),
+        ({"host": "https://mai.example.com:99999"}, "not a valid URL"),
+        ({"host": "https://mai .example.com"}, "a space"),
     ],
 )
 def test_bad_connections_fail_before_any_request(connect, emulator, overrides, match):
-    hook = MaiHook(connect(**overrides))
-    with pytest.raises(MaiConfigurationError, match=match):
+    hook = MaiHook(connect("mai_http_remote", **overrides))
+    with pytest.raises(MaiConfigurationError, match=match) as info:
         hook.generate_image("x")
     assert emulator.requests == []
+    assert "mai_http_remote" in str(info.value)  # the message names the connection to fix
+    assert "secret" not in str(info.value) and "inside" not in str(info.value)
+
+
+@pytest.mark.parametrize("pasted", [f"{API_KEY}\n", f"  {API_KEY}\r\n", f"\t{API_KEY} "])
+def test_a_key_pasted_with_surrounding_whitespace_is_used_stripped(connect, emulator, pasted):
+    MaiHook(connect(password=pasted)).generate_image("x", width=768, height=768)
+    assert emulator.requests[0].headers["api-key"] == API_KEY
 
 
 def test_prefixed_extras_from_older_forms_are_read(connect):
@@ -515,14 +536,6 @@ def test_prefixed_extras_from_older_forms_are_read(connect):
     )
     assert hook.settings.deployment == "mai-image-2e"
     assert hook.settings.timeout == 300.0
-
-
-def test_ca_bundle_extra_sets_session_verification(connect, tmp_path):
-    bundle = tmp_path / "corp-ca.pem"
-    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
-    hook = MaiHook(connect(extra={"ca_bundle": str(bundle)}))
-    assert hook.get_conn().verify == str(bundle)
-    assert MaiHook(connect("mai_plain")).get_conn().verify is True
 
 
 # -- test_connection -------------------------------------------------------------------------------
@@ -561,7 +574,7 @@ def test_test_connection_reports_unreachable_endpoint(connect, free_port):
         connect(host=f"http://127.0.0.1:{free_port}", extra={"max_retries": 0})
     ).test_connection()
     assert not ok
-    assert "ConnectionError" in message
+    assert f"nothing answered at http://127.0.0.1:{free_port}" in message
 
 
 def test_test_connection_reports_bad_configuration(connect):
@@ -580,3 +593,29 @@ def test_json_body_is_what_the_docs_describe(hook, emulator):
         "width": 768,
         "height": 1365,
     }
+
+
+@pytest.mark.parametrize(
+    ("fault", "words"),
+    [
+        (
+            Fault(status=401, body={"error": {"code": "401", "message": "Access denied."}}),
+            "Access denied. Check",
+        ),
+        (Fault(status=404, body={"error": {"code": "404", "message": "Not here."}}), "Not here. Check"),
+        (
+            Fault(
+                status=400,
+                body={"error": {"code": "content_filter", "message": "Blocked by label 'X'."}},
+            ),
+            "Blocked by label 'X'. Change",
+        ),
+        (Fault(status=400, body={"error": {"code": "bad", "message": "Nope..."}}), "Nope. Sizes"),
+    ],
+)
+def test_messages_quote_the_service_with_one_full_stop(hook, emulator, fault, words):
+    emulator.inject(fault)
+    with pytest.raises(MaiError) as info:
+        hook.generate_image("x", width=768, height=768)
+    assert words in str(info.value)
+    assert ".." not in str(info.value)

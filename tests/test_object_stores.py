@@ -10,21 +10,23 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from types import SimpleNamespace
 
 import pytest
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_mai.emulator import Fault
-from airflow_provider_mai.exceptions import MaiTransientError
+from airflow_provider_mai.exceptions import MaiOutputExistsError, MaiTransientError
+from airflow_provider_mai.models import ImageRecord
 from airflow_provider_mai.operators.mai import MaiEditImageOperator, MaiGenerateImageOperator
+from airflow_provider_mai.storage import write_image
 from airflow_provider_mai.validation import png_size
+from tests.helpers import task_context
 
 pytestmark = pytest.mark.integration
 
 
-def context(task_id: str, run_id: str = "scheduled__2026-11-25T06:00:00+00:00") -> dict:
-    return {"ti": SimpleNamespace(dag_id="stores", task_id=task_id, map_index=-1), "run_id": run_id}
+def context(task_id: str) -> dict:
+    return task_context(task_id, dag_id="stores", run_id="scheduled__2026-11-25T06:00:00+00:00")
 
 
 def _read(uri: str) -> bytes:
@@ -115,3 +117,20 @@ def test_failed_generation_leaves_the_stored_image_untouched(request, connect, e
         MaiGenerateImageOperator(task_id="g", prompt="second", output_path=target).execute(context("g"))
     assert _read(target) == before
     assert _listing(base) == ["kept/image.json", "kept/image.png"]
+
+
+@pytest.mark.parametrize("store", ["azure_container", "s3_bucket"])
+def test_an_exclusive_write_never_replaces_an_object_that_appeared_meanwhile(request, emulator, store):
+    # What a task racing another one with if_exists="fail" meets: the object arrived after its check.
+    base = request.getfixturevalue(store)
+    target = ObjectStoragePath(f"{base}/race/hero.png")
+    result = MaiGenerateImageOperator(task_id="g", prompt="winner", output_path=str(target)).execute(
+        context("g")
+    )
+    winner = _read(result["uri"])
+    loser = ImageRecord.from_sidecar(json.loads(_read(result["sidecar_uri"])), prompt="loser")
+    with pytest.raises(MaiOutputExistsError, match="written by another task"):
+        write_image(target, b"\x89PNG loser", loser, exclusive=True)
+    assert _read(str(target)) == winner
+    assert json.loads(_read(result["sidecar_uri"]))["prompt"] == "winner"
+    assert _listing(base) == ["race/hero.json", "race/hero.png"]

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from airflow.sdk import ObjectStoragePath
@@ -27,23 +26,13 @@ from airflow_provider_mai.exceptions import (
 from airflow_provider_mai.operators.mai import MaiEditImageOperator, MaiGenerateImageOperator
 from airflow_provider_mai.storage import default_file_name
 from airflow_provider_mai.validation import png_size
-from tests.helpers import make_png
-
-RUN_ID = "scheduled__2026-11-25T06:00:00+00:00"
-
-
-def context(task_id: str = "task", map_index: int = -1, run_id: str = RUN_ID) -> dict:
-    ti = SimpleNamespace(dag_id="campaign", task_id=task_id, map_index=map_index)
-    return {"ti": ti, "run_id": run_id}
+from tests.helpers import RUN_ID, files_in, make_png
+from tests.helpers import task_context as context
 
 
 @pytest.fixture(autouse=True)
 def _conn(connect):
     connect()
-
-
-def files_in(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.rglob("*")) if folder.exists() else []
 
 
 # -- contract surface ------------------------------------------------------------------------------
@@ -261,7 +250,13 @@ def test_a_failed_run_leaves_the_earlier_image_intact_and_no_partial_files(conne
     ],
 )
 def test_bad_generation_input_sends_nothing(emulator, kwargs, error, match):
-    op = MaiGenerateImageOperator(task_id="g", **{"prompt": "p", **kwargs})
+    # A literal is refused when the operator is built: the DAG shows an import error at parse time.
+    with pytest.raises(error, match=match):
+        MaiGenerateImageOperator(task_id="g", **{"prompt": "p", **kwargs})
+    # The same value arriving through a template is refused when the task runs, before any request.
+    op = MaiGenerateImageOperator(task_id="g", **{"prompt": "p", **dict.fromkeys(kwargs, "{{ x }}")})
+    for name, value in kwargs.items():
+        setattr(op, name, value)  # what rendering the template would have produced
     with pytest.raises(error, match=match):
         op.execute(context())
     assert emulator.requests == []
@@ -303,7 +298,7 @@ def test_templated_sizes_given_as_text_are_accepted(emulator, width, height):
         ({"host": "   "}, "has no host"),
         ({"host": "http://mai.example.com"}, "plain http"),
         ({"host": "ftp://mai.example.com"}, "not an http"),
-        ({"extra": {"auth_type": "certificate"}}, "auth_type must be"),
+        ({"extra": {"auth_type": "certificate"}}, "'auth_type' must be"),
     ],
 )
 def test_unusable_connections_send_nothing(connect, emulator, tmp_path, conn, match):

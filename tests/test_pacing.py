@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import os
+from pathlib import Path
 
 import pytest
 
 from airflow_provider_mai.hooks.mai import MaiHook
-from airflow_provider_mai.pacing import SAFETY_MARGIN, RequestPacer
+from airflow_provider_mai.pacing import SAFETY_MARGIN, PacingStateError, RequestPacer
 from tests.helpers import reserve_pacing_slots
 
 
@@ -71,9 +73,8 @@ def test_separate_processes_never_get_the_same_slot(tmp_path):
 
 
 def test_hook_paces_its_requests_when_rpm_is_set(connect, emulator, tmp_path):
-    hook = MaiHook(connect(extra={"rpm": 30, "rpm_state_dir": str(tmp_path)}))
-    waits: list[float] = []
-    hook.sleep = waits.append  # recorded, not slept: the second slot is 2 s after the first
+    waits: list[float] = []  # recorded, not slept: the second slot is 2 s after the first
+    hook = MaiHook(connect(extra={"rpm": 30, "rpm_state_dir": str(tmp_path / "slots")}), sleep=waits.append)
     hook.generate_image("a", width=768, height=768)
     hook.generate_image("b", width=768, height=768)
     assert len(emulator.requests) == 2
@@ -82,9 +83,8 @@ def test_hook_paces_its_requests_when_rpm_is_set(connect, emulator, tmp_path):
 
 
 def test_without_rpm_nothing_is_paced(connect, emulator):
-    hook = MaiHook(connect())
     waits: list[float] = []
-    hook.sleep = waits.append
+    hook = MaiHook(connect(), sleep=waits.append)
     for prompt in "abc":
         hook.generate_image(prompt, width=768, height=768)
     assert waits == []
@@ -95,4 +95,86 @@ def test_rpm_must_be_a_number(connect, emulator):
 
     with pytest.raises(MaiConfigurationError, match="rpm"):
         MaiHook(connect(extra={"rpm": "lots"})).generate_image("x")
+    assert emulator.requests == []
+
+
+# -- a shared host: the schedule is not trusted blindly ---------------------------------------------
+
+
+def _another_users_folder(tmp_path):
+    """A folder this user does not own: made and given away when root, else the root folder."""
+    if os.geteuid() != 0:
+        return Path("/")
+    folder = tmp_path / "theirs"
+    folder.mkdir(mode=0o700)
+    os.chown(folder, 65534, 65534)  # nobody
+    return folder
+
+
+def test_a_folder_owned_by_another_user_is_refused(tmp_path):
+    pacer = RequestPacer("k", rpm=60, state_dir=_another_users_folder(tmp_path), clock=FakeClock())
+    with pytest.raises(PacingStateError, match="belongs to another user"):
+        pacer.reserve()
+
+
+def test_a_folder_others_can_write_is_refused(tmp_path):
+    folder = tmp_path / "open"
+    folder.mkdir()
+    folder.chmod(0o777)
+    with pytest.raises(PacingStateError, match="writable by other users"):
+        RequestPacer("k", rpm=60, state_dir=folder, clock=FakeClock()).reserve()
+
+
+def test_a_linked_folder_or_schedule_is_refused_and_its_target_untouched(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    folder = tmp_path / "state"
+    folder.mkdir(mode=0o700)
+    pacer = RequestPacer("k", rpm=60, state_dir=folder, clock=FakeClock())
+    pacer.path.symlink_to(victim)  # planted by someone who guessed the name
+    with pytest.raises(PacingStateError, match="cannot open"):
+        pacer.reserve()
+    assert victim.read_text() == "precious"
+    linked = tmp_path / "linked-state"
+    linked.symlink_to(folder)
+    with pytest.raises(PacingStateError, match="not a folder"):
+        RequestPacer("k2", rpm=60, state_dir=linked, clock=FakeClock()).reserve()
+
+
+@pytest.mark.parametrize("content", ["9000000000", "inf", "-inf", "nan", "1e309", "\xff\xfe", "12" * 40])
+def test_an_unbelievable_schedule_costs_at_most_one_slot(tmp_path, content):
+    clock = FakeClock()
+    pacer = RequestPacer("k", rpm=12, state_dir=tmp_path / "s", clock=clock)
+    pacer.reserve()
+    pacer.path.write_bytes(content.encode("latin-1"))
+    wait = pacer.reserve()  # no OverflowError, no 7e9 s wait
+    assert 0 <= wait <= pacer.horizon
+    assert wait == 0  # nothing believable: this request takes the slot that is now
+    assert pacer.reserve() == pytest.approx(pacer.interval)  # and the schedule goes on from there
+
+
+def test_a_wall_clock_stepped_back_an_hour_does_not_park_the_next_request(tmp_path):
+    clock = FakeClock()
+    pacer = RequestPacer("k", rpm=12, state_dir=tmp_path / "s", clock=clock)
+    pacer.reserve()
+    clock.now -= 3600
+    assert pacer.reserve() == 0
+
+
+def test_waits_never_exceed_the_horizon_even_with_a_long_queue(tmp_path):
+    clock = FakeClock()
+    pacer = RequestPacer("k", rpm=120, state_dir=tmp_path / "s", clock=clock)
+    waits = [pacer.reserve() for _ in range(300)]  # far more than a minute of the quota at once
+    assert max(waits) <= pacer.horizon
+
+
+def test_an_unsafe_state_folder_is_a_configuration_error_before_sending(connect, emulator, tmp_path):
+    from airflow_provider_mai.exceptions import MaiConfigurationError
+
+    folder = tmp_path / "open"
+    folder.mkdir()
+    folder.chmod(0o777)
+    hook = MaiHook(connect("mai_paced", extra={"rpm": 30, "rpm_state_dir": str(folder)}))
+    with pytest.raises(MaiConfigurationError, match=r"'mai_paced'.*writable by other users"):
+        hook.generate_image("x", width=768, height=768)
     assert emulator.requests == []

@@ -7,8 +7,6 @@ import subprocess
 import sys
 from importlib.metadata import entry_points
 
-import pytest
-
 from airflow_provider_mai import __version__
 from airflow_provider_mai.get_provider_info import CONN_FIELDS, get_provider_info
 from airflow_provider_mai.hooks.mai import MaiHook
@@ -65,13 +63,9 @@ def test_hook_class_attributes_follow_airflow_conventions():
         "mai_default",
         "mai_conn_id",
     )
-    behaviour = MaiHook.get_ui_field_behaviour()
-    assert behaviour["relabeling"]["host"] == "Endpoint"
-
-
-def test_legacy_form_widgets_build_from_the_same_table():
-    pytest.importorskip("wtforms", reason="wtforms only ships with Airflow < 3.2 UIs")
-    assert set(MaiHook.get_connection_form_widgets()) == set(CONN_FIELDS)
+    # The form is declarative (provider info), not the pre-3.2 hook methods.
+    assert "get_ui_field_behaviour" not in vars(MaiHook)
+    assert "get_connection_form_widgets" not in vars(MaiHook)
 
 
 def test_airflow_providers_list_shows_the_provider(tmp_path):

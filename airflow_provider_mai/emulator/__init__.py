@@ -10,13 +10,15 @@ Needs Pillow (``pip install "airflow-provider-mai[emulator]"``).
 
 from __future__ import annotations
 
-from airflow_provider_mai.emulator.server import (
-    CHAOS_FAULTS,
-    DEFAULT_DEPLOYMENTS,
-    MODELS,
-    Fault,
-    MaiEmulator,
-    RecordedRequest,
-)
+from airflow_provider_mai.emulator.protocol import DEFAULT_DEPLOYMENTS, MODELS, MaiProtocol
+from airflow_provider_mai.emulator.server import CHAOS_FAULTS, Fault, MaiEmulator, RecordedRequest
 
-__all__ = ["CHAOS_FAULTS", "DEFAULT_DEPLOYMENTS", "MODELS", "Fault", "MaiEmulator", "RecordedRequest"]
+__all__ = [
+    "CHAOS_FAULTS",
+    "DEFAULT_DEPLOYMENTS",
+    "MODELS",
+    "Fault",
+    "MaiEmulator",
+    "MaiProtocol",
+    "RecordedRequest",
+]

@@ -7,7 +7,8 @@ import signal
 import sys
 import threading
 
-from airflow_provider_mai.emulator.server import DEFAULT_DEPLOYMENTS, MODELS, MaiEmulator
+from airflow_provider_mai.emulator.protocol import DEFAULT_DEPLOYMENTS, MODELS
+from airflow_provider_mai.emulator.server import MaiEmulator
 
 
 def _deployment(text: str) -> tuple[str, str]:
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         stop.wait()
     finally:
         emulator.stop()
-        print("MAI emulator stopped", file=sys.stderr, flush=True)
+        print(emulator.summary(), file=sys.stderr, flush=True)
     return 0
 
 

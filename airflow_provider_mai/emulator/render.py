@@ -16,8 +16,8 @@ import textwrap
 from functools import lru_cache
 from typing import Any
 
-MIN_SIDE = 768
-MAX_PIXELS = 1_048_576
+from airflow_provider_mai.api import MAX_PIXELS, MIN_SIDE
+
 SNAP = 16
 
 
@@ -75,10 +75,12 @@ def _encode(image: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _write_text(draw: Any, text: str, box_width: int, top: int, left: int, colour: Any, size: int) -> None:
+def _write_text(
+    draw: Any, text: str, box_width: int, top: int, left: int, colour: Any, size: int, max_lines: int = 8
+) -> None:
     font = _font(size)
     per_line = max(8, int(box_width / (size * 0.55)))
-    lines = textwrap.wrap(text, per_line)[:8]
+    lines = textwrap.wrap(text, per_line)[:max_lines]
     for i, line in enumerate(lines):
         draw.text((left, top + i * int(size * 1.25)), line, font=font, fill=colour)
 
@@ -120,9 +122,15 @@ def render_edit(source: bytes, prompt: str, model: str) -> bytes:
     tint, _, _ = _palette(prompt)
     picture = ImageOps.posterize(Image.blend(picture, Image.new("RGB", (width, height), tint), 0.35), 3)
     draw = ImageDraw.Draw(picture)
-    band = max(90, height // 6)
-    draw.rectangle((0, height - band, width, height), fill=tint)
+    # Everything the edit writes goes into its own band at the bottom, so it never lands on the
+    # original's caption (a generation writes its prompt at the top): the label on the band's
+    # first line, the edit prompt under it, as many lines as the band holds.
+    band = max(130, height // 5)
+    top = height - band
+    draw.rectangle((0, top, width, height), fill=tint)
     ink = _contrast(tint)
-    _write_text(draw, f"EDIT: {prompt}", width - 60, height - band + 16, 30, ink, max(22, width // 30))
-    draw.text((30, 20), f"{model} - emulated edit", font=_font(26), fill=ink)
+    draw.text((30, top + 12), f"{model} - emulated edit", font=_font(26), fill=ink)
+    size = max(22, width // 30)
+    lines = max(1, (band - 56) // int(size * 1.25))
+    _write_text(draw, f"EDIT: {prompt}", width - 60, top + 48, 30, ink, size, max_lines=lines)
     return _encode(picture)

@@ -1,41 +1,41 @@
 """Operators that generate and edit images with Microsoft Foundry MAI deployments.
 
-Both are thin: they resolve inputs, call :class:`~airflow_provider_mai.hooks.mai.MaiHook`, and hand
-the PNG to object storage (with a provenance sidecar) or to XCom. Importing this module is cheap:
-requests, azure-identity and Pillow load only when a task runs.
+Both are thin: they build a validated request, call the hook's client, and hand the PNG to object
+storage (with a provenance sidecar) or to XCom. Importing this module is cheap: requests,
+azure-identity and Pillow load only when a task runs.
 """
 
 from __future__ import annotations
 
-import base64
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_mai.api import EDIT_OWN_FIELDS, GENERATE_OWN_FIELDS
 from airflow_provider_mai.exceptions import MaiOutputExistsError, MaiValidationError
 from airflow_provider_mai.links import MaiImageLink
-from airflow_provider_mai.storage import IF_EXISTS_CHOICES
-
-#: Result fields that come from the image (the sidecar records the same ones).
-RESULT_FIELDS = (
-    "width",
-    "height",
-    "model",
-    "deployment",
-    "prompt",
-    "sha256",
-    "size_bytes",
-    "request_id",
-    "usage",
-)
+from airflow_provider_mai.storage import IF_EXISTS_CHOICES, NAMING_CHOICES, check_png_name
+from airflow_provider_mai.validation import validate_extra_params, validate_prompt, validate_size
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
-    from airflow_provider_mai.hooks.mai import MaiHook, MaiImage
-    from airflow_provider_mai.storage import ImageSource, LoadedImage
+    from airflow_provider_mai.hooks.mai import MaiHook
+    from airflow_provider_mai.models import EditRequest, GenerateRequest, ImageRecord, ImageRequest
+    from airflow_provider_mai.storage import ImageSource
+
+
+def is_literal(value: Any) -> bool:
+    """Whether ``value`` is known when the DAG is parsed: not a Jinja template, not an upstream output.
+
+    Such values are checked at once, so a bad one shows as an import error of the DAG (as official
+    operators do); templated values are checked after rendering, when the task runs.
+    """
+    if isinstance(value, str):
+        return "{{" not in value and "{%" not in value
+    return isinstance(value, (int, float, dict, list, tuple, type(None)))
 
 
 class MaiBaseImageOperator(BaseOperator):
@@ -44,12 +44,16 @@ class MaiBaseImageOperator(BaseOperator):
     :param prompt: the text prompt (templated).
     :param model: the deployment name (templated); defaults to the connection's ``deployment`` extra.
     :param output_path: where to write the PNG through ``ObjectStoragePath`` (templated): any fsspec
-        URI Airflow supports (``s3://``, ``abfs://``, ``gs://``, ``file://``) or a local path. A value
-        ending in ``/`` is a folder and the operator names the file, unique per DAG, run, task and map
-        index. None: the PNG travels in XCom as base64.
+        URI Airflow supports (``s3://``, ``abfs://``, ``gs://``, ``file://``) or a local path, naming a
+        ``.png`` file. A value ending in ``/`` is a folder and the operator names the file, unique per
+        DAG, run, task and map index. None: the PNG travels in XCom as base64.
     :param if_exists: when ``output_path`` already holds an image: ``"overwrite"`` (default),
         ``"skip"`` (if its sidecar records the same request, return it and spend no quota), or
-        ``"fail"``.
+        ``"fail"`` (also when another task writes it first while this one runs).
+    :param naming: how the file is named when ``output_path`` is a folder: ``"run"`` (default:
+        ``<dag>__<run>__<task>[__<map index>].png``, each run its own image) or ``"request"``
+        (``<operation>__<deployment>__<prompt start>__<fingerprint>.png``: the same request lands at
+        the same path in every run, DAG and day, so with ``if_exists="skip"`` it is made once).
     :param extra_params: more request fields for newer models (templated), e.g.
         ``{"auto_aspect_ratio": True}``.
     :param mai_conn_id: the Airflow connection of type ``mai``.
@@ -59,7 +63,8 @@ class MaiBaseImageOperator(BaseOperator):
     template_fields_renderers = {"extra_params": "json"}
     ui_color = "#e8f1fb"
     operator_extra_links = (MaiImageLink(),)
-    operation = "generate"
+    #: Fields the request sets itself, which ``extra_params`` cannot (checked at parse time too).
+    own_fields: ClassVar[frozenset[str]] = GENERATE_OWN_FIELDS
 
     def __init__(
         self,
@@ -68,6 +73,7 @@ class MaiBaseImageOperator(BaseOperator):
         model: str | None = None,
         output_path: str | ObjectStoragePath | None = None,
         if_exists: str = "overwrite",
+        naming: str = "run",
         extra_params: dict[str, Any] | None = None,
         mai_conn_id: str = "mai_default",
         **kwargs: Any,
@@ -75,12 +81,22 @@ class MaiBaseImageOperator(BaseOperator):
         super().__init__(**kwargs)
         if if_exists not in IF_EXISTS_CHOICES:
             raise ValueError(f"if_exists must be one of {', '.join(IF_EXISTS_CHOICES)}; got {if_exists!r}")
+        if naming not in NAMING_CHOICES:
+            raise ValueError(f"naming must be one of {', '.join(NAMING_CHOICES)}; got {naming!r}")
         self.prompt = prompt
         self.model = model
         self.output_path = output_path
         self.if_exists = if_exists
+        self.naming = naming
         self.extra_params = extra_params
         self.mai_conn_id = mai_conn_id
+        # What is known now is checked now: a bad literal is an import error of the DAG.
+        if is_literal(prompt):
+            validate_prompt(prompt)
+        if is_literal(extra_params):
+            validate_extra_params(extra_params, self.own_fields)
+        if isinstance(output_path, str) and is_literal(output_path) and not output_path.endswith("/"):
+            check_png_name(output_path.rsplit("/", 1)[-1], output_path)
 
     @cached_property
     def hook(self) -> MaiHook:
@@ -89,34 +105,69 @@ class MaiBaseImageOperator(BaseOperator):
 
         return MaiHook(mai_conn_id=self.mai_conn_id)
 
-    # -- subclasses fill these in ---------------------------------------------------------------
-
-    def _request(self) -> dict[str, Any]:
-        """What is being asked, as plain data: fingerprinted for ``if_exists="skip"``."""
+    def _request(self) -> ImageRequest:
+        """What is asked, validated once (subclasses build it from their arguments)."""
         raise NotImplementedError
 
-    def _call(self) -> MaiImage:
-        raise NotImplementedError
+    def execute(self, context: Context) -> dict[str, Any]:
+        request = self._request()
+        location = self._location(context, request)
+        self._record = self._produce(request, location)
+        return self._record.to_xcom()
 
-    def _source_location(self) -> str | None:
-        return None
-
-    # -- shared flow ----------------------------------------------------------------------------
-
-    def _location(self, context: Context) -> ObjectStoragePath | None:
+    def _location(self, context: Context, request: ImageRequest) -> ObjectStoragePath | None:
         from airflow_provider_mai import storage
 
         if self.output_path is None or self.output_path == "":
             return None
-        ti = context["ti"]
-        map_index = getattr(ti, "map_index", -1)
-        name = storage.default_file_name(ti.dag_id, context["run_id"], ti.task_id, map_index)
+        if self.naming == "request":
+            name = storage.request_file_name(request)
+        else:
+            ti = context["ti"]
+            name = storage.default_file_name(
+                ti.dag_id, context["run_id"], ti.task_id, getattr(ti, "map_index", -1)
+            )
         return storage.resolve_output_path(self.output_path, name)
 
-    def execute(self, context: Context) -> dict[str, Any]:
-        self._output_location = self._location(context)
-        self._last_result = self._produce(self._output_location)
-        return self._last_result
+    def _produce(self, request: ImageRequest, location: ObjectStoragePath | None) -> ImageRecord:
+        from airflow_provider_mai import storage
+        from airflow_provider_mai.models import ImageRecord
+
+        if location is not None:
+            storage.check_output(location)
+            if self.if_exists == "fail" and location.exists():
+                raise MaiOutputExistsError(f"{location} already exists and if_exists='fail'")
+            if self.if_exists == "skip":
+                reused, why = storage.find_reusable(location, request.fingerprint)
+                if reused is not None:
+                    self.log.info("%s already holds this request's image; skipped (no quota spent)", location)
+                    return reused
+                self.log.info("%s: %s; sending the request", location, why)
+        image = self.hook.get_conn().send(request)
+        record = ImageRecord.from_image(image, request)
+        if location is None:
+            self.log.info(
+                "%s %dx%d PNG (%d bytes, request id %s, %d attempt(s)); returned in XCom as base64",
+                request.operation.capitalize(),
+                image.width,
+                image.height,
+                image.size_bytes,
+                image.request_id,
+                image.attempts,
+            )
+            return record.with_png(image.png)
+        record = record.replace(uri=str(location), sidecar_uri=str(storage.sidecar_path(location)))
+        storage.write_image(location, image.png, record, exclusive=self.if_exists == "fail")
+        self.log.info(
+            "Wrote %dx%d PNG (%d bytes, request id %s, %d attempt(s)) to %s",
+            image.width,
+            image.height,
+            image.size_bytes,
+            image.request_id,
+            image.attempts,
+            location,
+        )
+        return record
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage datasets (the edit's input, the written PNG) and the deployment's facets.
@@ -128,98 +179,10 @@ class MaiBaseImageOperator(BaseOperator):
             from airflow_provider_mai.lineage import operator_lineage
         except ImportError:
             return None
-        return operator_lineage(
-            operation=self.operation,
-            result=getattr(self, "_last_result", None),
-            source=self._source_location(),
-            endpoint=self.hook.settings.endpoint,
-            output_location=getattr(self, "_output_location", None),
-        )
-
-    def _produce(self, location: ObjectStoragePath | None) -> dict[str, Any]:
-        from airflow_provider_mai import storage
-        from airflow_provider_mai.validation import validate_prompt
-
-        validate_prompt(self.prompt)
-        request = self._request()
-        fingerprint = storage.request_fingerprint(**request)
-        if location is not None:
-            storage.check_writable(location)
-            existing = storage.read_sidecar(location) if self.if_exists != "overwrite" else None
-            if self.if_exists == "fail" and (existing is not None or location.exists()):
-                raise MaiOutputExistsError(f"{location} already exists and if_exists='fail'")
-            if self.if_exists == "skip" and existing is not None:
-                reused = self._reuse(location, existing, fingerprint)
-                if reused is not None:
-                    return reused
-        image = self._call()
-        if location is None:
-            self.log.info(
-                "%s %dx%d PNG (%d bytes, request id %s); returned in XCom as base64",
-                self.operation.capitalize(),
-                image.width,
-                image.height,
-                image.size_bytes,
-                image.request_id,
-            )
-            return self._result(image, None)
-        sidecar = storage.build_sidecar(
-            image, operation=self.operation, fingerprint=fingerprint, source=self._source_location()
-        )
-        storage.write_image(location, image, sidecar)
-        self.log.info(
-            "Wrote %dx%d PNG (%d bytes, request id %s) to %s",
-            image.width,
-            image.height,
-            image.size_bytes,
-            image.request_id,
-            location,
-        )
-        return self._result(image, location)
-
-    def _reuse(
-        self, location: ObjectStoragePath, sidecar: Mapping[str, Any], fingerprint: str
-    ) -> dict[str, Any] | None:
-        """The earlier result at ``location`` when it answers this same request and is intact."""
-        import hashlib
-
-        if sidecar.get("request_fingerprint") != fingerprint:
-            self.log.info("%s holds an image of another request; generating a new one", location)
+        record = getattr(self, "_record", None)
+        if record is None:
             return None
-        png = location.read_bytes()
-        if hashlib.sha256(png).hexdigest() != sidecar.get("sha256"):
-            self.log.warning("%s does not match its sidecar's checksum; generating a new one", location)
-            return None
-        self.log.info("%s already holds this request's image; skipped (no quota spent)", location)
-        from airflow_provider_mai.storage import sidecar_path
-
-        return {
-            "uri": str(location),
-            "b64_json": None,
-            **{key: sidecar.get(key) for key in RESULT_FIELDS},
-            "sidecar_uri": str(sidecar_path(location)),
-            "reused": True,
-        }
-
-    @staticmethod
-    def _result(image: MaiImage, location: ObjectStoragePath | None) -> dict[str, Any]:
-        from airflow_provider_mai.storage import sidecar_path
-
-        return {
-            "uri": str(location) if location is not None else None,
-            "b64_json": base64.b64encode(image.png).decode("ascii") if location is None else None,
-            "width": image.width,
-            "height": image.height,
-            "model": image.model,
-            "deployment": image.deployment,
-            "prompt": image.prompt,
-            "sha256": image.sha256,
-            "size_bytes": image.size_bytes,
-            "request_id": image.request_id,
-            "usage": dict(image.usage) if image.usage else None,
-            "sidecar_uri": str(sidecar_path(location)) if location is not None else None,
-            "reused": False,
-        }
+        return operator_lineage(record, endpoint=self.hook.settings.endpoint)
 
 
 class MaiGenerateImageOperator(MaiBaseImageOperator):
@@ -228,7 +191,8 @@ class MaiGenerateImageOperator(MaiBaseImageOperator):
     Returns (XCom ``return_value``) a dict: ``uri`` (where the PNG was written, or None),
     ``b64_json`` (only without ``output_path``), ``width``, ``height`` (read from the PNG),
     ``model``, ``deployment``, ``prompt``, ``sha256``, ``size_bytes``, ``request_id``, ``usage``,
-    ``sidecar_uri`` and ``reused``.
+    ``attempts``, ``sidecar_uri``, ``reused`` and the request's provenance (``operation``,
+    ``request_fingerprint``, ``created_utc``, ``ai_generated``).
 
     :param prompt: what to draw (templated).
     :param width: pixels (templated; a rendered string is turned into an int). Each side >= 768 and
@@ -242,46 +206,34 @@ class MaiGenerateImageOperator(MaiBaseImageOperator):
     """
 
     template_fields: Sequence[str] = (*MaiBaseImageOperator.template_fields, "width", "height")
-    operation = "generate"
 
     def __init__(self, *, width: int | str = 1024, height: int | str = 1024, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.width = width
         self.height = height
+        if is_literal(width) and is_literal(height):
+            validate_size(width, height)
 
-    def _size(self) -> tuple[int, int]:
-        from airflow_provider_mai.validation import validate_size
-
-        return validate_size(self.width, self.height)
-
-    def _request(self) -> dict[str, Any]:
-        width, height = self._size()
-        return {
-            "operation": self.operation,
-            "deployment": self.model or self.hook.settings.deployment,
-            "prompt": self.prompt,
-            "width": width,
-            "height": height,
-            "extra_params": self.extra_params or {},
-        }
-
-    def _call(self) -> MaiImage:
-        width, height = self._size()
-        return self.hook.generate_image(
-            self.prompt, width=width, height=height, model=self.model, extra_params=self.extra_params
+    def _request(self) -> GenerateRequest:
+        return self.hook.generate_request(
+            self.prompt,
+            width=self.width,
+            height=self.height,
+            model=self.model,
+            extra_params=self.extra_params,
         )
 
 
 class MaiEditImageOperator(MaiBaseImageOperator):
     """Edit an image with a text prompt (MAI-Image-2.5 and 2.5-Flash deployments).
 
-    Returns the same dict as :class:`MaiGenerateImageOperator`. The output keeps the input's aspect
-    ratio, scaled towards one megapixel.
+    Returns the same dict as :class:`MaiGenerateImageOperator`, with ``source_image`` naming the
+    input's location. The output keeps the input's aspect ratio, scaled towards one megapixel.
 
     :param prompt: the edit to make (templated).
     :param image: the input (templated): an upstream MAI task's result (``generate.output``), a local
         path, an fsspec URI (``s3://``, ``abfs://``...), an ``ObjectStoragePath``, or PNG/JPEG bytes.
-        Its type is judged by its bytes.
+        Its type is judged by its bytes; at most the connection's ``max_input_mb`` is read.
     :param model: the deployment name (templated); defaults to the connection's ``deployment``.
     :param output_path: where to write the PNG (templated); see :class:`MaiBaseImageOperator`.
     :param if_exists: ``"overwrite"``, ``"skip"`` or ``"fail"``; see :class:`MaiBaseImageOperator`.
@@ -291,38 +243,15 @@ class MaiEditImageOperator(MaiBaseImageOperator):
 
     template_fields: Sequence[str] = (*MaiBaseImageOperator.template_fields, "image")
     ui_color = "#fbeee8"
-    operation = "edit"
+    own_fields = EDIT_OWN_FIELDS
 
     def __init__(self, *, image: ImageSource, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.image = image
 
-    @cached_property
-    def _input(self) -> LoadedImage:
-        from airflow_provider_mai.storage import read_image_source
-        from airflow_provider_mai.validation import validate_edit_image
-
+    def _request(self) -> EditRequest:
         if self.image is None or self.image == "":
             raise MaiValidationError("image is required: pass an upstream MAI result, a path, a URI or bytes")
-        loaded = read_image_source(self.image)
-        validate_edit_image(loaded.data)
-        return loaded
-
-    def _source_location(self) -> str | None:
-        return self._input.location
-
-    def _request(self) -> dict[str, Any]:
-        import hashlib
-
-        return {
-            "operation": self.operation,
-            "deployment": self.model or self.hook.settings.deployment,
-            "prompt": self.prompt,
-            "image_sha256": hashlib.sha256(self._input.data).hexdigest(),
-            "extra_params": self.extra_params or {},
-        }
-
-    def _call(self) -> MaiImage:
-        return self.hook.edit_image(
-            self._input.data, self.prompt, model=self.model, extra_params=self.extra_params
+        return self.hook.edit_request(
+            self.image, self.prompt, model=self.model, extra_params=self.extra_params
         )

@@ -34,6 +34,29 @@ with DAG(
     ).expand(image=mapped.output)
 
 with DAG(
+    "mai_test_reuse_across_runs",
+    schedule=None,
+    start_date=START,
+    params={"out": Param("/tmp/mai-test-out", type="string")},
+):
+    # Named by request: every run asks for the same images, so only the first run pays for them.
+    catalogue = MaiGenerateImageOperator.partial(
+        task_id="generate",
+        width=768,
+        height=768,
+        output_path="{{ params.out }}/catalogue/",
+        naming="request",
+        if_exists="skip",
+    ).expand(prompt=["a walnut chair", "an oak table"])
+    MaiEditImageOperator.partial(
+        task_id="edit",
+        prompt="on a white background",
+        output_path="{{ params.out }}/catalogue-white/",
+        naming="request",
+        if_exists="skip",
+    ).expand(image=catalogue.output)
+
+with DAG(
     "mai_test_permanent_failure",
     schedule=None,
     start_date=START,
