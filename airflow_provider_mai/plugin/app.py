@@ -25,8 +25,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+import airflow_provider_mai.plugin.results as results  # (not via the package: no import circle)
 from airflow_provider_mai.links import DEFAULT_THUMBNAIL_SIZE, THUMBNAIL_SIZES, content_tag
-from airflow_provider_mai.plugin import results
 from airflow_provider_mai.plugin.results import ImageUnavailableError, TaskImage
 from airflow_provider_mai.plugin.thumbnails import (
     ThumbnailCache,

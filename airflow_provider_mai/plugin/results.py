@@ -137,7 +137,7 @@ class TaskImage:
 
     @property
     def disclosure(self) -> str:
-        from airflow_provider_mai.storage import AI_DISCLOSURE
+        from airflow_provider_mai.models import AI_DISCLOSURE
 
         return str(self.get("disclosure") or AI_DISCLOSURE)
 
