@@ -278,11 +278,3 @@ class ImageRecord:
     def lineage_fields(self) -> dict[str, Any]:
         """The values of the OpenLineage run facet."""
         return self._fields(_LINEAGE)
-
-
-def record_from_xcom(value: Mapping[str, Any]) -> ImageRecord:
-    """An :class:`ImageRecord` from a MAI task's XCom ``return_value`` (tolerating older results)."""
-    known = {f.name for f in dataclasses.fields(ImageRecord)}
-    values: dict[str, Any] = {"attempts": 0, "request_fingerprint": "", "operation": "generate"}
-    values.update({k: v for k, v in value.items() if k in known})
-    return ImageRecord(**values)

@@ -4,22 +4,41 @@ Starts the embedded MAI emulator, points the ``mai_default`` connection at it (a
 ``AIRFLOW_CONN_MAI_DEFAULT`` variable), runs ``airflow dags test`` on a local SQLite metadata
 database, prints where the generated and edited PNGs landed, and stops the emulator.
 
+With ``--ui`` it then starts Airflow's api-server on 127.0.0.1 (the provider's UI plugin loaded),
+prints the URL and a login, and serves the images in Airflow's UI until Ctrl-C.
+
 Environment: ``MAI_OUTPUT_BASE`` (default ``./out``), ``AIRFLOW_HOME`` (default ``./.airflow-home``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import secrets
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parents[1]
+DAG_ID = "mai_generate_then_edit"
+#: How long the api-server may take to answer its health check.
+UI_READY_WITHIN = 120.0
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ui", action="store_true", help="then show the images in Airflow's UI until Ctrl-C")
+    parser.add_argument(
+        "--port", type=int, default=8080, help="the UI's port on 127.0.0.1 (default 8080; 0: any free port)"
+    )
+    args = parser.parse_args(argv)
+
     from airflow_provider_mai.emulator import MaiEmulator
 
     output_base = Path(os.environ.get("MAI_OUTPUT_BASE") or ROOT / "out").resolve()
@@ -42,11 +61,11 @@ def main() -> int:
         env["AIRFLOW_CONN_MAI_DEFAULT"] = emulator.connection_uri()
         log_path = output_base / "last-run.log"
         output_base.mkdir(parents=True, exist_ok=True)
-        print("Running DAG mai_generate_then_edit with `airflow dags test` ...", flush=True)
+        print(f"Running DAG {DAG_ID} with `airflow dags test` ...", flush=True)
         conf = json.dumps({"output_base": str(output_base)})
         with open(log_path, "w") as log:
             result = subprocess.run(
-                [*airflow, "dags", "test", "mai_generate_then_edit", "--conf", conf],
+                [*airflow, "dags", "test", DAG_ID, "--conf", conf],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -65,7 +84,107 @@ def main() -> int:
     print(
         f"Done in {time.monotonic() - started:.1f} s. Sidecars (.json) sit beside each PNG; log: {log_path}"
     )
-    return 0
+    if not args.ui:
+        print("See them in Airflow's UI (gallery, task tabs): bash scripts/demo.sh --ui", flush=True)
+        return 0
+    return serve_ui(env, airflow_home, args.port)
+
+
+def _port_or_free(port: int) -> int:
+    """``port`` if it is free on 127.0.0.1, else (or for 0) a free one."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            sock.bind(("127.0.0.1", 0))
+            print(f"Port {port} is taken; using {sock.getsockname()[1]}", flush=True)
+        return sock.getsockname()[1]
+
+
+def _newest_run_id(env: dict[str, str]) -> str | None:
+    listed = subprocess.run(
+        [sys.executable, "-m", "airflow", "dags", "list-runs", DAG_ID, "--output", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    # Airflow may print warnings first: the JSON is the last line that is a list.
+    for line in reversed(listed.stdout.splitlines()):
+        if line.startswith("["):
+            runs = json.loads(line)
+            return max(runs, key=lambda run: run.get("start_date") or "")["run_id"] if runs else None
+    return None
+
+
+def serve_ui(env: dict[str, str], airflow_home: Path, port: int) -> int:
+    """Airflow's api-server on 127.0.0.1 with one user, until Ctrl-C; stopped by its PID."""
+    port = _port_or_free(port)
+    password = secrets.token_urlsafe(12)
+    passwords = airflow_home / "mai_demo_passwords.json"
+    passwords.touch(mode=0o600)
+    passwords.chmod(0o600)
+    passwords.write_text(json.dumps({"admin": password}))
+    url = f"http://127.0.0.1:{port}"
+    ui_env = {
+        **env,
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": url,
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(48),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+    }
+    run_id = _newest_run_id(env)
+    log_path = airflow_home / "api-server.log"
+    print(f"Starting Airflow's api-server on {url} (log: {log_path}) ...", flush=True)
+    with open(log_path, "wb") as log:
+        # Its own session: Ctrl-C reaches this script, which then stops the server by its PID.
+        server = subprocess.Popen(
+            [sys.executable, "-m", "airflow", "api-server", "--host", "127.0.0.1", "--port", str(port)],
+            env=ui_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        if not _wait_healthy(url, server):
+            print(f"The api-server did not start; see {log_path}", file=sys.stderr)
+            return 1
+        print(f"\nMAI images in Airflow's UI: {url}/plugin/mai-images", flush=True)
+        if run_id:
+            tab = f"{url}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}/tasks/edit/plugin/mai-image"
+            print(f"The edit task's image tab:  {tab}", flush=True)
+        print(f"Sign in as admin, password {password}", flush=True)
+        print("Press Ctrl-C to stop.", flush=True)
+        server.wait()
+        print(f"The api-server exited ({server.returncode}); see {log_path}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nStopping the api-server ...", flush=True)
+        return 0
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(timeout=10)
+
+
+def _wait_healthy(url: str, server: subprocess.Popen) -> bool:
+    deadline = time.monotonic() + UI_READY_WITHIN
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=2).close()
+            return True
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.25)
+    return False
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from airflow_provider_mai.emulator import MaiEmulator  # noqa: E402
 
 API_KEY = "test-key-" + "k" * 48
 
-pytest_plugins = ["tests.storage_servers"]
+pytest_plugins = ["tests.storage_servers", "tests.browser"]
 
 
 @pytest.fixture(scope="session")
@@ -62,31 +62,38 @@ def emulator() -> Iterator[MaiEmulator]:
 ConnectFn = Callable[..., str]
 
 
-@pytest.fixture
-def connect(monkeypatch: pytest.MonkeyPatch, emulator: MaiEmulator) -> ConnectFn:
-    """Define an Airflow connection (as AIRFLOW_CONN_<ID> JSON) to the emulator; returns its id.
+def emulator_connection(emulator: MaiEmulator, **overrides: Any) -> str:
+    """A ``mai`` connection to the emulator, as the JSON an ``AIRFLOW_CONN_<ID>`` variable holds.
 
     Keyword arguments override connection fields; ``extra`` is merged into the default extras.
     Retry delays are tiny so that backoff paths run fast.
     """
+    conn: dict[str, Any] = {
+        "conn_type": "mai",
+        "host": emulator.url,
+        "password": API_KEY,
+        "extra": {
+            "deployment": "mai-image-2-5",
+            "max_retries": 3,
+            "retry_base_delay": 0.01,
+            "retry_max_delay": 0.05,
+        },
+    }
+    extra = overrides.pop("extra", {})
+    conn.update(overrides)
+    conn["extra"] = {k: v for k, v in {**conn["extra"], **extra}.items() if v is not None}
+    return json.dumps({k: v for k, v in conn.items() if v is not None})
+
+
+@pytest.fixture
+def connect(monkeypatch: pytest.MonkeyPatch, emulator: MaiEmulator) -> ConnectFn:
+    """Define an Airflow connection (as AIRFLOW_CONN_<ID> JSON) to the emulator; returns its id.
+
+    Keyword arguments are those of :func:`emulator_connection`.
+    """
 
     def _connect(conn_id: str = "mai_default", **overrides: Any) -> str:
-        conn: dict[str, Any] = {
-            "conn_type": "mai",
-            "host": emulator.url,
-            "password": API_KEY,
-            "extra": {
-                "deployment": "mai-image-2-5",
-                "max_retries": 3,
-                "retry_base_delay": 0.01,
-                "retry_max_delay": 0.05,
-            },
-        }
-        extra = overrides.pop("extra", {})
-        conn.update(overrides)
-        conn["extra"] = {k: v for k, v in {**conn["extra"], **extra}.items() if v is not None}
-        conn = {k: v for k, v in conn.items() if v is not None}
-        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", emulator_connection(emulator, **overrides))
         return conn_id
 
     return _connect

@@ -1,10 +1,12 @@
-"""Small test helpers: real images drawn with Pillow, a task context, the files a test left."""
+"""Small test helpers: real images drawn with Pillow, a task context, the files a test left, DAG runs on
+real Airflow."""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 RUN_ID = "scheduled__2026-11-25T06:00:00+00:00"
 
@@ -122,6 +124,30 @@ def airflow_dags_test(dag_id: str, env: dict[str, str], conf: dict | None = None
     if conf is not None:
         command += ["--conf", json.dumps(conf)]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def load_dag(dag_id: str):
+    """An example DAG (``dags/``) or a test DAG (``tests/dags/``, ids starting ``mai_test_``)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    root = Path(__file__).resolve().parents[1]
+    folder = root / ("tests/dags" if dag_id.startswith("mai_test_") else "dags")
+    bag = DagBag(dag_folder=str(folder))
+    assert not bag.import_errors, bag.import_errors
+    return bag.get_dag(dag_id)
+
+
+def run_dag(dag_id: str, conf: dict[str, Any] | None = None):
+    """Run a DAG with dag.test(); return the run, task states and XCom return values."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    run = load_dag(dag_id).test(run_conf=conf)
+    with create_session() as session:
+        states = {(ti.task_id, ti.map_index): ti.state for ti in run.get_task_instances(session=session)}
+        rows = session.query(XComModel).filter_by(dag_id=dag_id, run_id=run.run_id, key="return_value").all()
+        xcoms = {(row.task_id, row.map_index): XComModel.deserialize_value(row) for row in rows}
+    return run, states, xcoms
 
 
 def make_tls_files(folder: Path, name: str = "test") -> tuple[Path, Path, Path]:

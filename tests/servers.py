@@ -6,6 +6,7 @@ import contextlib
 import os
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -48,24 +49,27 @@ def _answers(ready: str | Callable[[], bool]) -> bool:
 @contextlib.contextmanager
 def running(
     command: list[str],
-    ready: str | Callable[[], bool],
+    ready: str | Callable[[], bool] | None,
     name: str,
     *,
     env: Mapping[str, str] | None = None,
     ready_within: float = 60.0,
+    log: Path | None = None,
 ) -> Iterator[subprocess.Popen]:
     """Start ``command``, poll until it is ready (bounded), stop it afterwards.
 
-    :param ready: a URL that answers once the server is up, or a check returning True then.
+    :param ready: a URL that answers once the server is up, or a check returning True then; None
+        for a process that serves nothing (the caller checks readiness its own way).
+    :param log: where its output goes (default: a new file in the temp folder).
     """
-    log = Path(tempfile.mkstemp(prefix=f"mai-{name}-", suffix=".log")[1])
+    log = log or Path(tempfile.mkstemp(prefix=f"mai-{name}-", suffix=".log")[1])
     with open(log, "wb") as out:
         process = subprocess.Popen(
             command, stdout=out, stderr=subprocess.STDOUT, cwd=tempfile.gettempdir(), env=env
         )
     try:
         deadline = time.monotonic() + ready_within
-        while True:
+        while ready is not None:
             if process.poll() is not None:
                 raise RuntimeError(f"{name} exited with {process.returncode}: {log.read_text()[-3000:]}")
             if _answers(ready):
@@ -83,6 +87,22 @@ def running(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+def airflow_command(*arguments: str) -> list[str]:
+    """``airflow ARGUMENTS...`` with this interpreter (the project's virtualenv)."""
+    return [sys.executable, "-m", "airflow", *arguments]
+
+
+@contextlib.contextmanager
+def airflow_api_server(env: Mapping[str, str], *, port: int | None = None) -> Iterator[str]:
+    """``airflow api-server`` (one worker) on a loopback port; yields its URL once it is healthy."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = airflow_command("api-server", "--host", "127.0.0.1", "--port", str(port))
+    env = {**env, "AIRFLOW__API__WORKERS": "1", "AIRFLOW__API__HOST": "127.0.0.1"}
+    with running(command, f"{url}/api/v2/monitor/health", "api-server", env=env, ready_within=120):
+        yield url
 
 
 class RawServer:

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import sys
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,53 +17,23 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import API_KEY
-from tests.servers import free_port, running, unavailable
+from tests.servers import airflow_api_server
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
-# Flags a sandboxed CI machine needs: no GPU, no sandbox as root, and no calls home (the network
-# is closed, and Chromium's background fetches would be refused many at a time).
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOT = ROOT / "docs" / "connection-form.png"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    if not CHROMIUM:
-        unavailable("Chromium is not installed (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        unavailable("playwright is not installed (pip install playwright)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")
 def api_server(airflow_db: Path) -> Iterator[str]:
     """``airflow api-server`` on a free loopback port, connection testing on, everyone an admin."""
-    port = free_port()
     env = {
         **os.environ,
         "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-        "AIRFLOW__API__WORKERS": "1",
     }
-    url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "airflow", "api-server", "--host", "127.0.0.1", "--port", str(port)]
-    with running(command, f"{url}/api/v2/monitor/health", "api-server", env=env, ready_within=120):
+    with airflow_api_server(env) as url:
         yield url
 
 

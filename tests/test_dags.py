@@ -11,6 +11,7 @@ import pytest
 
 from airflow_provider_mai.emulator.render import edit_size
 from airflow_provider_mai.validation import png_size
+from tests.helpers import load_dag, run_dag
 
 pytestmark = pytest.mark.integration
 
@@ -21,29 +22,6 @@ def dag_env(airflow_db, emulator, connect, monkeypatch, tmp_path):
     connect()
     monkeypatch.setenv("MAI_OUTPUT_BASE", str(tmp_path / "out"))
     return tmp_path / "out"
-
-
-def load_dag(dag_id: str):
-    from airflow.dag_processing.dagbag import DagBag
-
-    root = Path(__file__).resolve().parents[1]
-    folder = root / ("tests/dags" if dag_id.startswith("mai_test_") else "dags")
-    bag = DagBag(dag_folder=str(folder))
-    assert not bag.import_errors, bag.import_errors
-    return bag.get_dag(dag_id)
-
-
-def run_dag(dag_id: str, conf: dict[str, Any] | None = None):
-    """Run a DAG with dag.test(); return the run, task states and XCom return values."""
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    run = load_dag(dag_id).test(run_conf=conf)
-    with create_session() as session:
-        states = {(ti.task_id, ti.map_index): ti.state for ti in run.get_task_instances(session=session)}
-        rows = session.query(XComModel).filter_by(dag_id=dag_id, run_id=run.run_id, key="return_value").all()
-        xcoms = {(row.task_id, row.map_index): XComModel.deserialize_value(row) for row in rows}
-    return run, states, xcoms
 
 
 def b64_png(result: dict[str, Any]) -> bytes:
@@ -61,6 +39,7 @@ def test_every_dag_file_imports_cleanly():
         "mai_product_batch",
         "mai_daily_campaign",
         "mai_campaign_publish",
+        "mai_review_then_edit",
     }
     assert DagBag(dag_folder=str(root / "tests" / "dags")).import_errors == {}
     assert DagBag(dag_folder=str(root / "tests" / "stack" / "dags")).import_errors == {}

@@ -29,6 +29,7 @@ def test_every_page_is_found():
         "operators.md",
         "emulator.md",
         "changelog.md",
+        "ui.md",
     }
 
 

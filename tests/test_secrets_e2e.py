@@ -63,7 +63,7 @@ def test_no_secret_surfaces_anywhere_in_a_real_dag_run(airflow_db, emulator, mon
             ti.task_id: ti.state for ti in session.query(TaskInstance).filter_by(dag_id="mai_test_secrets")
         }
         xcoms = [
-            json.dumps(XComModel.deserialize_value(row))
+            (row.key, json.dumps(XComModel.deserialize_value(row)))
             for row in session.query(XComModel).filter_by(dag_id="mai_test_secrets")
         ]
         rendered = [
@@ -76,9 +76,15 @@ def test_no_secret_surfaces_anywhere_in_a_real_dag_run(airflow_db, emulator, mon
         "edit_with_key": "success",
         "denied": "failed",
     }
-    assert len(xcoms) == 3 and rendered
+    # Three results, and the "MAI image" extra link of each of the four MAI task instances.
+    assert sorted(key for key, _ in xcoms) == ["_link_MaiImageLink"] * 4 + ["return_value"] * 3
+    assert rendered
     log_files = [p for p in (Path(os.environ["AIRFLOW_HOME"]) / "logs").rglob("*") if p.is_file()]
-    places = {"console": console, "xcom": "\n".join(xcoms), "rendered fields": "\n".join(rendered)}
+    places = {
+        "console": console,
+        "xcom": "\n".join(value for _, value in xcoms),
+        "rendered fields": "\n".join(rendered),
+    }
     places.update({str(p): p.read_text(errors="replace") for p in log_files})
     for secret in (api_key, wrong_key, token):
         for fragment in (secret, secret[-40:]):  # also no tail of it (e.g. a truncated header)

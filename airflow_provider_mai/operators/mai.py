@@ -15,6 +15,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_mai.api import EDIT_OWN_FIELDS, GENERATE_OWN_FIELDS
 from airflow_provider_mai.exceptions import MaiOutputExistsError, MaiValidationError
+from airflow_provider_mai.links import MaiImageLink
 from airflow_provider_mai.storage import IF_EXISTS_CHOICES, NAMING_CHOICES, check_png_name
 from airflow_provider_mai.validation import validate_extra_params, validate_prompt, validate_size
 
@@ -61,6 +62,7 @@ class MaiBaseImageOperator(BaseOperator):
     template_fields: Sequence[str] = ("prompt", "model", "output_path", "extra_params")
     template_fields_renderers = {"extra_params": "json"}
     ui_color = "#e8f1fb"
+    operator_extra_links = (MaiImageLink(),)
     #: Fields the request sets itself, which ``extra_params`` cannot (checked at parse time too).
     own_fields: ClassVar[frozenset[str]] = GENERATE_OWN_FIELDS
 

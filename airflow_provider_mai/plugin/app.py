@@ -1,0 +1,392 @@
+"""The plugin's FastAPI app, mounted by the api-server under ``/mai``.
+
+Every route needs a logged-in user (Airflow's ``GetUserDep``) and read access to the XComs of the
+DAG whose images it serves (``requires_access_dag``, the same rule as Airflow's own XCom API); the
+gallery lists only the DAGs the user may read. Routes are plain ``def``: FastAPI runs them in its
+thread pool, so reading an image from a bucket never stalls the api-server's event loop. All links
+in the pages are relative (every page sits directly under the mount point), so the plugin works
+behind a proxy prefix; the login cookie travels with the iframe and its ``<img>`` requests.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date
+from functools import lru_cache
+from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlencode
+
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+from airflow.api_fastapi.common.db.common import SessionDep
+from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import airflow_provider_mai.plugin.results as results  # (not via the package: no import circle)
+from airflow_provider_mai.links import DEFAULT_THUMBNAIL_SIZE, THUMBNAIL_SIZES, content_tag
+from airflow_provider_mai.plugin.results import ImageUnavailableError, TaskImage
+from airflow_provider_mai.plugin.thumbnails import (
+    ThumbnailCache,
+    ThumbnailsUnavailableError,
+    cache_from_config,
+    make_thumbnail,
+    pillow_available,
+)
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
+
+#: Runs on one gallery page, and images shown per run there (the run's tab shows all of them).
+RUNS_PER_PAGE = 10
+IMAGES_PER_RUN_IN_GALLERY = 12
+#: Images on one run or task tab (a mapped task can have thousands of map indexes).
+MAX_IMAGES_PER_PAGE = 500
+#: Browser caching: a URL carrying the image's content tag (``v=``, its sha256's start) names that
+#: image for good; without it, the browser revalidates (ETag) so a re-run's image is never stale.
+IMMUTABLE = "private, max-age=604800, immutable"
+REVALIDATE = "private, no-cache"
+#: The pages load nothing from elsewhere; their one inline script and style are static text.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+        "form-action 'self'; base-uri 'none'; frame-ancestors 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+_UNFILLED_PLACEHOLDER = re.compile(r"^\{[A-Z_]+\}$")
+
+XComReadAccess = Depends(requires_access_dag(method="GET", access_entity=DagAccessEntity.XCOM))
+
+
+def parse_map_index(value: str | None) -> int:
+    """``map_index`` as the UI sends it: a number, or ``{MAP_INDEX}`` literally (unmapped task) -> -1."""
+    if value is None or value == "" or _UNFILLED_PLACEHOLDER.match(value):
+        return -1
+    try:
+        index = int(value)
+    except ValueError:
+        raise HTTPException(400, f"map_index must be a whole number; got {value!r}") from None
+    if index < -1:
+        raise HTTPException(400, f"map_index must be -1 or more; got {index}")
+    return index
+
+
+def _parse_date(name: str, value: str | None) -> date | None:
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise HTTPException(400, f"{name} must be a date like 2026-11-29; got {value!r}") from None
+
+
+MapIndex = Annotated[str | None, Query(description="The map index; -1 or the literal {MAP_INDEX}: unmapped")]
+
+
+@lru_cache(maxsize=1)
+def _templates() -> Environment:
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    return Environment(
+        loader=PackageLoader("airflow_provider_mai.plugin", "templates"),
+        autoescape=select_autoescape(["html"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def _page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    html = _templates().get_template(template).render(thumbnails=pillow_available(), **context)
+    return HTMLResponse(html, status_code=status, headers=PAGE_HEADERS)
+
+
+@lru_cache(maxsize=1)
+def thumbnail_cache() -> ThumbnailCache:
+    """The api-server process's thumbnail cache (one per worker process)."""
+    return cache_from_config()
+
+
+router = APIRouter()
+
+
+@router.get("/gallery", response_class=HTMLResponse, dependencies=[XComReadAccess])
+def gallery(
+    user: GetUserDep,
+    session: SessionDep,
+    dag_id: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+) -> HTMLResponse:
+    """Recent runs of every readable DAG with MAI tasks, each with its images as thumbnails."""
+    from airflow.api_fastapi.app import get_auth_manager
+
+    since_date, until_date = _parse_date("since", since), _parse_date("until", until)
+    readable = get_auth_manager().get_authorized_dag_ids(user=user, method="GET")
+    runs, more = results.recent_runs(
+        session,
+        readable,
+        dag_id=dag_id or None,
+        since=since_date,
+        until=until_date,
+        limit=RUNS_PER_PAGE,
+        offset=(page - 1) * RUNS_PER_PAGE,
+    )
+    for run in runs:
+        run.keep_first(IMAGES_PER_RUN_IN_GALLERY)
+    results.attach_sidecars([image for run in runs for image in run.images])
+
+    def page_query(number: int) -> str:
+        kept = {"dag_id": dag_id or "", "since": since or "", "until": until or ""}
+        return urlencode({**{k: v for k, v in kept.items() if v}, "page": number})
+
+    return _page(
+        "gallery.html",
+        title="MAI images",
+        runs=runs,
+        dag_ids=results.dags_with_images(session, readable),
+        dag_id=dag_id or "",
+        since=since,
+        until=until,
+        previous_page=page_query(page - 1) if page > 1 else None,
+        next_page=page_query(page + 1) if more else None,
+    )
+
+
+@router.get("/run", response_class=HTMLResponse, dependencies=[XComReadAccess])
+def run_tab(dag_id: str, run_id: str, session: SessionDep) -> HTMLResponse:
+    """The DAG run tab: every MAI image of one run, edits beside the images they came from."""
+    run = results.run_images(session, dag_id, run_id)
+    if run is None:
+        raise HTTPException(404, f"DAG {dag_id} has no run {run_id}")
+    run.keep_first(MAX_IMAGES_PER_PAGE)
+    results.attach_sidecars(run.images)
+    return _page("run.html", title=f"MAI images of {run_id}", run=run)
+
+
+@dataclass(frozen=True)
+class TaskInstanceRef:
+    """The task instance a request names (``dag_id``, ``run_id``, ``task_id``, ``map_index``)."""
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int
+
+    @property
+    def label(self) -> str:
+        return self.task_id if self.map_index < 0 else f"{self.task_id}[{self.map_index}]"
+
+
+def task_instance_ref(dag_id: str, run_id: str, task_id: str, map_index: MapIndex = None) -> TaskInstanceRef:
+    """The query parameters every image route takes (``dag_id`` is also what the auth check reads)."""
+    return TaskInstanceRef(dag_id, run_id, task_id, parse_map_index(map_index))
+
+
+TaskInstanceDep = Annotated[TaskInstanceRef, Depends(task_instance_ref)]
+
+#: Why a MAI task instance has no image, by its state.
+_NO_IMAGE_BECAUSE = {
+    "failed": "the task failed, so it made no image: see its logs",
+    "upstream_failed": "an upstream task failed, so this one did not run",
+    "skipped": "the task was skipped",
+    "removed": "the task was removed from the DAG",
+}
+
+
+@router.get("/ti", response_class=HTMLResponse, dependencies=[XComReadAccess])
+def task_instance_tab(ti: TaskInstanceDep, session: SessionDep) -> HTMLResponse:
+    """The task instance tab: its image full size with every detail and its sidecar - or a plain
+    sentence saying why there is none (not a MAI task, not finished, failed)."""
+    found = results.task_instance_images(session, ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
+    context: dict[str, Any] = {
+        "dag_id": ti.dag_id,
+        "run_id": ti.run_id,
+        "task_id": ti.task_id,
+        "run_query": urlencode({"dag_id": ti.dag_id, "run_id": ti.run_id}),
+        "image": None,
+        "images": [],
+    }
+
+    def notice(
+        reason: str, title: str, message: str, *, status: int = 200, warn: bool = False
+    ) -> HTMLResponse:
+        return _page(
+            "task_instance.html", status, title=title, reason=reason, warn=warn, message=message, **context
+        )
+
+    if not found.exists:
+        message = f"There is no task instance {ti.label} in run {ti.run_id} of DAG {ti.dag_id}."
+        return notice("missing", "No such task instance", message, status=404, warn=True)
+    if not found.is_mai_task:
+        operator = f" (a {found.operator})" if found.operator else ""
+        message = (
+            f"{ti.label}{operator} is not a MAI image task: this tab shows the images made by "
+            "MaiGenerateImageOperator and MaiEditImageOperator tasks."
+        )
+        return notice("not-mai", f"{ti.label}: not a MAI task", message)
+    if not found.images:
+        state = found.state or "not started"
+        why = _NO_IMAGE_BECAUSE.get(
+            state, f"the task has not finished yet (it is {state}); the image appears when it ends"
+        )
+        message = f"No image for {ti.label}: {why}."
+        return notice(f"no-image-{state}", f"{ti.label}: no image", message, warn=state in _NO_IMAGE_BECAUSE)
+    if found.mapped:
+        context["images"] = found.images[:MAX_IMAGES_PER_PAGE]
+        results.attach_sidecars(context["images"])
+        return _page("task_instance.html", title=f"MAI images of {ti.task_id}", **context)
+    (context["image"],) = found.images
+    _relate_within_run(session, context["image"])
+    return _page("task_instance.html", title=f"MAI image of {ti.label}", **context)
+
+
+def _relate_within_run(session: Any, image: TaskImage) -> None:
+    """Find the image this one was edited from, and the edits made from it, in the same run."""
+    run = results.run_images(session, image.dag_id, image.run_id)
+    others = run.images[:MAX_IMAGES_PER_PAGE] if run else []
+    key = (image.task_id, image.map_index)
+    members = [other for other in others if (other.task_id, other.map_index) != key]
+    results.attach_sidecars([image, *members])
+    results.link_sources([image, *members])
+
+
+@router.get("/image", dependencies=[XComReadAccess])
+def full_image(
+    request: Request, ti: TaskInstanceDep, session: SessionDep, download: bool = False
+) -> Response:
+    """The full-size PNG, checked against the sha256 its task recorded."""
+    result = _result_or_error(session, ti)
+    etag = f'"{result["sha256"]}"'
+    headers = _image_headers(request, str(result["sha256"]), etag)
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    png = _image_or_error(result)
+    disposition = "attachment" if download else "inline"
+    headers["Content-Disposition"] = f'{disposition}; filename="{_file_name(result)}"'
+    return Response(png, media_type="image/png", headers=headers)
+
+
+@router.get("/thumb", dependencies=[XComReadAccess])
+def thumbnail(
+    request: Request, ti: TaskInstanceDep, session: SessionDep, size: int = DEFAULT_THUMBNAIL_SIZE
+) -> Response:
+    """A small JPEG of the image (at most 40 KB), made once per image and size and cached."""
+    if size not in THUMBNAIL_SIZES:
+        raise HTTPException(400, f"size must be one of {', '.join(map(str, THUMBNAIL_SIZES))}; got {size}")
+    result = _result_or_error(session, ti)
+    sha256 = str(result["sha256"])
+    etag = f'"{sha256}-{size}"'
+    headers = _image_headers(request, sha256, etag)
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    cache = thumbnail_cache()
+    jpeg = cache.get(sha256, size)
+    if jpeg is None:
+        png = _image_or_error(result)
+        try:
+            jpeg = make_thumbnail(png, size)
+        except ThumbnailsUnavailableError as exc:
+            raise HTTPException(501, str(exc)) from None
+        except ValueError as exc:
+            raise HTTPException(502, f"cannot make a thumbnail of {ti.label}: {exc}") from None
+        cache.put(sha256, size, jpeg)
+    return Response(jpeg, media_type="image/jpeg", headers=headers)
+
+
+@router.get("/sidecar", dependencies=[XComReadAccess])
+def sidecar(ti: TaskInstanceDep, session: SessionDep) -> JSONResponse:
+    """The provenance sidecar written beside the image, as JSON."""
+    image = TaskImage(ti.dag_id, ti.run_id, ti.task_id, ti.map_index, _result_or_error(session, ti))
+    try:
+        content = results.read_sidecar(image)
+    except ImageUnavailableError as exc:
+        raise HTTPException(exc.status, exc.message) from None
+    if content is None:
+        raise HTTPException(404, f"{ti.label} kept its image in XCom (no output_path), so it has no sidecar")
+    return JSONResponse(content, headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
+
+
+def _image_headers(request: Request, sha256: str, etag: str) -> dict[str, str]:
+    tagged = request.query_params.get("v") == content_tag(sha256)
+    cache_control = IMMUTABLE if tagged else REVALIDATE
+    return {"ETag": etag, "Cache-Control": cache_control, "X-Content-Type-Options": "nosniff"}
+
+
+def _result_or_error(session: Any, ti: TaskInstanceRef) -> dict[str, Any]:
+    try:
+        return results.task_result(session, ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
+    except ImageUnavailableError as exc:
+        raise HTTPException(exc.status, exc.message) from None
+
+
+def _image_or_error(result: dict[str, Any]) -> bytes:
+    try:
+        return results.read_image(result)
+    except ImageUnavailableError as exc:
+        raise HTTPException(exc.status, exc.message) from None
+
+
+def _file_name(result: dict[str, Any]) -> str:
+    """The PNG's own file name when it is a safe header value, else one made of its sha256."""
+    uri = result.get("uri")
+    name = uri.rsplit("/", 1)[-1] if isinstance(uri, str) and uri else ""
+    if re.fullmatch(r"[A-Za-z0-9._-]{1,200}\.png", name):
+        return name
+    return f"mai-{str(result['sha256'])[:16]}.png"
+
+
+def _wants_html(request: Request) -> bool:
+    last = request.url.path.rstrip("/").rsplit("/", 1)[-1]
+    return last in ("gallery", "run", "ti")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Errors as Airflow answers them (status and JSON ``detail``), as a page for the page routes."""
+    assert isinstance(exc, StarletteHTTPException)
+    if not _wants_html(request):
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    headings = {401: "Please sign in", 403: "Not allowed", 404: "Not found"}
+    message = {
+        401: "Your Airflow session has ended or you are not signed in: sign in to Airflow again.",
+        403: "You do not have permission to see the images of this DAG.",
+    }.get(exc.status_code, str(exc.detail))
+    html = (
+        _templates()
+        .get_template("message.html")
+        .render(
+            title=headings.get(exc.status_code, "Cannot show this"),
+            heading=headings.get(exc.status_code, "Cannot show this"),
+            message=message,
+            status=exc.status_code,
+        )
+    )
+    return HTMLResponse(html, status_code=exc.status_code, headers={**PAGE_HEADERS, **(exc.headers or {})})
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in error.get('loc', ())[1:])}: {error.get('msg')}"
+        for error in exc.errors()
+    )
+    return await _http_error(request, HTTPException(400, f"invalid request: {problems}"))
+
+
+def create_app() -> FastAPI:
+    """The plugin's app (the api-server mounts it under ``/mai``)."""
+    app = FastAPI(
+        title="MAI images (airflow-provider-mai)",
+        description="Images made by Microsoft Foundry MAI tasks, for the Airflow UI.",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.include_router(router)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    return app

@@ -1,0 +1,126 @@
+"""Small JPEG thumbnails of MAI images, made in the api-server and kept in a bounded memory cache.
+
+A thumbnail is keyed by the image's sha256 (and its size): a re-run's new image has a new key, so
+a stale thumbnail is never served for it, and the user's bucket is never written to. Pillow comes
+with the provider's ``ui`` extra; without it the gallery still lists the images and says how to
+get thumbnails.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections import OrderedDict
+
+#: Most bytes one thumbnail may take (the gallery's transfer budget depends on it).
+MAX_THUMBNAIL_BYTES = 40 * 1024
+#: JPEG qualities tried in turn until the thumbnail fits ``MAX_THUMBNAIL_BYTES``.
+QUALITIES = (82, 72, 62, 50, 38)
+#: Largest image (pixels) the plugin decodes; MAI images are about one megapixel.
+MAX_SOURCE_PIXELS = 40_000_000
+#: Default bound of the memory cache (~2,500 thumbnails of 320 px); ``[mai] ui_thumbnail_cache_mb``.
+DEFAULT_CACHE_MB = 32
+
+
+class ThumbnailsUnavailableError(RuntimeError):
+    """Pillow is not installed in the api-server."""
+
+
+def pillow_available() -> bool:
+    """Whether thumbnails can be made here."""
+    import importlib.util
+
+    return importlib.util.find_spec("PIL") is not None
+
+
+def make_thumbnail(png: bytes, size: int) -> bytes:
+    """A JPEG at most ``size`` pixels on its longest side and at most ``MAX_THUMBNAIL_BYTES``.
+
+    :raises ThumbnailsUnavailableError: without Pillow.
+    :raises ValueError: when ``png`` is not an image Pillow can read, or is unreasonably large.
+    """
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise ThumbnailsUnavailableError(
+            'thumbnails need Pillow in the api-server: pip install "airflow-provider-mai[ui]"'
+        ) from None
+    image: Image.Image
+    try:
+        image = Image.open(io.BytesIO(png))
+        if image.width * image.height > MAX_SOURCE_PIXELS:
+            raise ValueError(f"the image is {image.width}x{image.height}: too large to make a thumbnail")
+        image.draft("RGB", (size, size))  # JPEG sources decode at a reduced scale; PNGs ignore it
+        image.load()
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"not a readable image: {exc}") from None
+    if image.mode in ("RGBA", "LA", "P", "PA"):
+        rgba = image.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, (255, 255, 255))
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        image = flat
+    elif image.mode != "RGB":
+        image = image.convert("RGB")
+    image.thumbnail((size, size), Image.Resampling.LANCZOS)
+    for _shrink in range(12):  # 0.8**12 of 320 px is 22 px: far below the byte bound
+        for quality in QUALITIES:
+            out = io.BytesIO()
+            image.save(out, "JPEG", quality=quality, optimize=True, progressive=True)
+            if out.tell() <= MAX_THUMBNAIL_BYTES:
+                return out.getvalue()
+        # Even the lowest quality is too big (a very noisy image): shrink and try again.
+        image = image.resize((max(1, image.width * 4 // 5), max(1, image.height * 4 // 5)))
+    raise ValueError("cannot make a thumbnail within the size bound")
+
+
+class ThumbnailCache:
+    """Thumbnails by (sha256, size), bounded by total bytes; least recently used leave first."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, sha256: str, size: int) -> bytes | None:
+        with self._lock:
+            data = self._items.get((sha256, size))
+            if data is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+            self._items.move_to_end((sha256, size))
+            return data
+
+    def put(self, sha256: str, size: int, data: bytes) -> None:
+        if len(data) > self.max_bytes:
+            return
+        with self._lock:
+            previous = self._items.pop((sha256, size), None)
+            if previous is not None:
+                self._bytes -= len(previous)
+            self._items[(sha256, size)] = data
+            self._bytes += len(data)
+            while self._bytes > self.max_bytes:
+                _, evicted = self._items.popitem(last=False)
+                self._bytes -= len(evicted)
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes held now (never more than ``max_bytes``)."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def cache_from_config() -> ThumbnailCache:
+    """The api-server's cache, sized by ``[mai] ui_thumbnail_cache_mb`` (default 32 MB)."""
+    from airflow.configuration import conf
+
+    megabytes = conf.getint("mai", "ui_thumbnail_cache_mb", fallback=DEFAULT_CACHE_MB)
+    if megabytes < 1:
+        raise ValueError(f"[mai] ui_thumbnail_cache_mb must be at least 1; got {megabytes}")
+    return ThumbnailCache(megabytes * 1024 * 1024)
