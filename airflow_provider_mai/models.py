@@ -37,13 +37,36 @@ AI_DISCLOSURE = (
 GENERATOR = "airflow-provider-mai"
 
 
-def _fingerprint(request: Mapping[str, Any]) -> str:
-    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+class _Request:
+    """What both requests share: their fingerprint, over everything that shapes the image."""
+
+    operation: ClassVar[str]
+    deployment: str
+    prompt: str
+    extra_params: Mapping[str, Any]
+
+    def _subject(self) -> dict[str, Any]:
+        """The request's own part of the fingerprint (the size, or the input image)."""
+        raise NotImplementedError
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A stable digest of what is asked: the same request always gives the same digest.
+
+        ``if_exists="skip"`` compares it with a sidecar's; ``naming="request"`` names files by it.
+        """
+        asked = {"operation": self.operation, "deployment": self.deployment, "prompt": self.prompt}
+        canonical = json.dumps(
+            {**asked, **self._subject(), "extra_params": dict(self.extra_params)},
+            sort_keys=True,
+            separators=(",", ":"),
+            default=str,
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
-class GenerateRequest:
+class GenerateRequest(_Request):
     """A text-to-image request, checked against the documented rules when it is built.
 
     :param prompt: what to draw (non-empty, within the documented length).
@@ -71,23 +94,12 @@ class GenerateRequest:
         object.__setattr__(self, "height", height)
         object.__setattr__(self, "extra_params", validate_extra_params(self.extra_params, self.reserved))
 
-    @cached_property
-    def fingerprint(self) -> str:
-        """A stable digest of what is asked: the same request always gives the same digest."""
-        return _fingerprint(
-            {
-                "operation": self.operation,
-                "deployment": self.deployment,
-                "prompt": self.prompt,
-                "width": self.width,
-                "height": self.height,
-                "extra_params": dict(self.extra_params),
-            }
-        )
+    def _subject(self) -> dict[str, Any]:
+        return {"width": self.width, "height": self.height}
 
 
 @dataclass(frozen=True)
-class EditRequest:
+class EditRequest(_Request):
     """An image-edit request, checked when it is built: the input must be a real PNG or JPEG.
 
     :param image: the input image's bytes (judged by its bytes, never a name).
@@ -119,18 +131,8 @@ class EditRequest:
             extras["width"], extras["height"] = validate_size(extras.get("width"), extras.get("height"))
         object.__setattr__(self, "extra_params", extras)
 
-    @cached_property
-    def fingerprint(self) -> str:
-        """A stable digest of what is asked, the input image by its sha256."""
-        return _fingerprint(
-            {
-                "operation": self.operation,
-                "deployment": self.deployment,
-                "prompt": self.prompt,
-                "image_sha256": self.image_sha256,
-                "extra_params": dict(self.extra_params),
-            }
-        )
+    def _subject(self) -> dict[str, Any]:
+        return {"image_sha256": self.image_sha256}
 
 
 ImageRequest = GenerateRequest | EditRequest
