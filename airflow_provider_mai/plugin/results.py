@@ -106,11 +106,9 @@ class TaskImage:
             return recorded
         if self.uri is None:
             return None
-        from airflow.sdk import ObjectStoragePath
+        from airflow_provider_mai.storage import open_location, sidecar_path
 
-        from airflow_provider_mai.storage import sidecar_path
-
-        return str(sidecar_path(ObjectStoragePath(self.uri)))
+        return str(sidecar_path(open_location(self.uri)))
 
     def get(self, key: str) -> Any:
         """A field of the result, else of the sidecar (e.g. ``created_utc``, ``operation``)."""
@@ -480,10 +478,11 @@ def read_image(result: Mapping[str, Any], *, limit: int = MAX_IMAGE_BYTES) -> by
 
 
 def _read_bounded(uri: str, limit: int, *, what: str) -> bytes:
-    from airflow.sdk import ObjectStoragePath
+    from airflow_provider_mai.storage import open_location
 
     try:
-        with ObjectStoragePath(uri).open("rb") as handle:
+        # open_location, as the operators wrote it: a local path stays literal ('?' and '#' included).
+        with open_location(uri).open("rb") as handle:
             data = handle.read(limit + 1)
     except FileNotFoundError:
         raise ImageUnavailableError(404, f"the {what} is no longer at {uri}") from None
