@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-#: Connection form fields (Airflow >= 3.2 reads them declaratively; the hook builds the older
-#: wtforms widgets from this same table, so the two forms cannot drift apart).
+#: Connection form fields, read declaratively by Airflow >= 3.2 (our floor) for the UI form.
 CONN_FIELDS: dict[str, dict[str, Any]] = {
     "deployment": {
         "label": "Deployment",
