@@ -71,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                 stderr=subprocess.STDOUT,
                 check=False,
             )
-        served = len(emulator.requests)
-    print(f"MAI emulator stopped after {served} request(s)", flush=True)
+    print(emulator.summary(), flush=True)  # what the run spent
 
     lines = log_path.read_text(errors="replace").splitlines()
     landed = [line for line in lines if line.startswith("MAI ") and " image: " in line]

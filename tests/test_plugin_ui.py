@@ -292,6 +292,7 @@ def test_demo_with_ui_serves_the_images_until_interrupted(tmp_path):
             except queue.Empty:
                 continue
         text = "".join(printed)
+        assert "MAI emulator stopped after 2 request(s): 2 image(s) made" in text  # what it spent
         url = re.search(r"MAI images in Airflow's UI: (http://127\.0\.0\.1:\d+)/plugin/mai-images", text)[1]
         password = re.search(r"Sign in as admin, password (\S+)", text)[1]
         assert re.search(rf"{re.escape(url)}/dags/{DEMO}/runs/\S+/tasks/edit/plugin/mai-image", text)
