@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_mai import storage
 from airflow_provider_mai.api import EDIT_OWN_FIELDS, GENERATE_OWN_FIELDS
 from airflow_provider_mai.exceptions import MaiOutputExistsError, MaiValidationError
 from airflow_provider_mai.links import MaiImageLink
-from airflow_provider_mai.storage import IF_EXISTS_CHOICES, NAMING_CHOICES, check_png_name
 from airflow_provider_mai.validation import validate_extra_params, validate_prompt, validate_size
 
 if TYPE_CHECKING:
@@ -79,10 +79,12 @@ class MaiBaseImageOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if if_exists not in IF_EXISTS_CHOICES:
-            raise ValueError(f"if_exists must be one of {', '.join(IF_EXISTS_CHOICES)}; got {if_exists!r}")
-        if naming not in NAMING_CHOICES:
-            raise ValueError(f"naming must be one of {', '.join(NAMING_CHOICES)}; got {naming!r}")
+        if if_exists not in storage.IF_EXISTS_CHOICES:
+            raise ValueError(
+                f"if_exists must be one of {', '.join(storage.IF_EXISTS_CHOICES)}; got {if_exists!r}"
+            )
+        if naming not in storage.NAMING_CHOICES:
+            raise ValueError(f"naming must be one of {', '.join(storage.NAMING_CHOICES)}; got {naming!r}")
         self.prompt = prompt
         self.model = model
         self.output_path = output_path
@@ -96,7 +98,7 @@ class MaiBaseImageOperator(BaseOperator):
         if is_literal(extra_params):
             validate_extra_params(extra_params, self.own_fields)
         if isinstance(output_path, str) and is_literal(output_path) and not output_path.endswith("/"):
-            check_png_name(output_path.rsplit("/", 1)[-1], output_path)
+            storage.check_png_name(output_path.rsplit("/", 1)[-1], output_path)
 
     @cached_property
     def hook(self) -> MaiHook:
@@ -116,8 +118,6 @@ class MaiBaseImageOperator(BaseOperator):
         return self._record.to_xcom()
 
     def _location(self, context: Context, request: ImageRequest) -> ObjectStoragePath | None:
-        from airflow_provider_mai import storage
-
         if self.output_path is None or self.output_path == "":
             return None
         if self.naming == "request":
@@ -130,7 +130,6 @@ class MaiBaseImageOperator(BaseOperator):
         return storage.resolve_output_path(self.output_path, name)
 
     def _produce(self, request: ImageRequest, location: ObjectStoragePath | None) -> ImageRecord:
-        from airflow_provider_mai import storage
         from airflow_provider_mai.models import ImageRecord
 
         if location is not None:
