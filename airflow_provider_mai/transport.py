@@ -78,25 +78,39 @@ class Answer:
 
 class _Attempt:
     """One exchange as its connection sees it: the socket to cut at the deadline, whether the
-    request went out in full. Published to the connection classes through a thread-local."""
+    request went out in full. Published to the connection classes through a thread-local.
+
+    The deadline is enforced twice over: the watchdog cuts the socket when it passes (waking a
+    blocked read), and every step - a finished connect, a request about to be sent, each read of the
+    body - checks it, for the moments the watchdog finds no socket to cut (slow name resolution, a
+    TLS handshake before the request).
+    """
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.deadline = time.monotonic() + seconds
         self.sent = False
         self.expired = False
+        self.done = False
         self._connection: HTTPConnection | None = None
-        self._done = False
         self._lock = threading.Lock()
 
     def bind(self, connection: HTTPConnection) -> None:
+        """Remember the connection in use; refuse to go on when the deadline has passed."""
         with self._lock:
             self._connection = connection
+        self.check()
+
+    def check(self) -> None:
+        """Raise ``TimeoutError`` (and cut the connection) once the deadline has passed."""
+        if self.expired or time.monotonic() >= self.deadline:
+            self.expire()
+            raise TimeoutError("the exchange's deadline passed")
 
     def expire(self) -> None:
         """The deadline passed: cut the connection, unless the exchange already finished."""
         with self._lock:
-            if self._done:
+            if self.done:
                 return
             self.expired = True
             sock = getattr(self._connection, "sock", None)
@@ -110,16 +124,17 @@ class _Attempt:
 
     def finish(self) -> None:
         with self._lock:
-            self._done = True
-            self._connection = None  # the watchdog keeps the attempt until its deadline; not the connection
+            self.done = True
+            self._connection = None  # the watchdog may keep the attempt a while; never the connection
 
 
 class _Watchdog:
     """One daemon thread per process that expires attempts at their deadlines.
 
-    Cheaper than a timer thread per attempt (starting one costs ~0.6 ms); finished attempts are
-    dropped lazily when their deadline comes up. Restarted in a forked child, which inherits the
-    state but not the thread.
+    Cheaper than a timer thread per attempt (starting one costs ~0.6 ms). Finished attempts leave
+    the queue when their deadline comes up, or when the queue is compacted (it never holds more than
+    :data:`_COMPACT_AT` finished ones). Restarted in a forked child, which inherits the state but not
+    the thread.
     """
 
     def __init__(self) -> None:
@@ -134,6 +149,9 @@ class _Watchdog:
 
     def watch(self, attempt: _Attempt) -> None:
         with self._wake:
+            if len(self._pending) >= _COMPACT_AT:
+                self._pending = [entry for entry in self._pending if not entry[2].done]
+                heapq.heapify(self._pending)
             self._count += 1
             heapq.heappush(self._pending, (attempt.deadline, self._count, attempt))
             if self._thread is None:
@@ -150,11 +168,22 @@ class _Watchdog:
             attempt.expire()
 
 
+#: The watchdog's queue is cleared of finished attempts when it reaches this length.
+_COMPACT_AT = 256
 _WATCHDOG = _Watchdog()
 
 
 class _WatchedConnection:
-    """Mixed into urllib3's connections: report to the current attempt when a request is sent."""
+    """Mixed into urllib3's connections: the current attempt learns which connection it uses (to cut
+    it), whether the request went out in full, and each step checks the attempt's deadline."""
+
+    def connect(self) -> None:
+        attempt: _Attempt | None = getattr(_current, "attempt", None)
+        if attempt is not None:
+            attempt.bind(self)  # type: ignore[arg-type]
+        super().connect()  # type: ignore[misc]
+        if attempt is not None:
+            attempt.check()  # name resolution and TLS may have taken the rest of the time
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         attempt: _Attempt | None = getattr(_current, "attempt", None)
@@ -281,6 +310,8 @@ def exchange(
             f"the request could not be built ({type(exc).__name__})", sent=False, kind="invalid"
         ) from None
     except requests.exceptions.ConnectTimeout:
+        if attempt.expired:
+            raise attempt.timed_out() from None
         raise TransportError(
             f"no connection within {min(connect_timeout, timeout):g} s", sent=False, kind="connect"
         ) from None
@@ -394,6 +425,7 @@ def _read_body(
         filled = 0
         try:
             while filled < len(body):
+                attempt.check()
                 count = raw.readinto(view[filled : filled + READ_CHUNK])
                 if not count:
                     break
@@ -410,6 +442,7 @@ def _read_body(
             )
         return body, filled == length
     while True:
+        attempt.check()
         chunk = raw.read(READ_CHUNK, decode_content=False)
         if not chunk:
             break

@@ -316,3 +316,30 @@ def test_the_deadline_holds_in_a_forked_worker_process(connect):
         child.join(timeout=30)
     assert "within 1 s" in message
     assert elapsed < 6
+
+
+def test_the_deadline_holds_when_name_resolution_eats_it(connect, monkeypatch):
+    # The watchdog finds no socket to cut while the name resolves; the next step must stop instead.
+    real = socket.getaddrinfo
+
+    def slow(*args, **kwargs):  # type: ignore[no-untyped-def]
+        time.sleep(1.2)  # a resolver slower than the whole deadline
+        return real(*args, **kwargs)
+
+    with RawServer(drip("length")) as server:
+        conn_id = connect(host=server.url, extra={"timeout": 1, "max_retries": 0})
+        monkeypatch.setattr(socket, "getaddrinfo", slow)
+        started = time.monotonic()
+        with pytest.raises(MaiTransientError, match="within 1 s"):
+            MaiHook(conn_id).generate_image("x", width=768, height=768)
+        elapsed = time.monotonic() - started
+    assert elapsed < 6, f"took {elapsed:.1f} s"  # the drip alone would hold it for 30 s
+
+
+def test_the_deadline_queue_stays_bounded_however_many_calls_finish(connect, emulator):
+    from airflow_provider_mai import transport
+
+    hook = MaiHook(connect(extra={"timeout": 3600}))  # deadlines far away: nothing expires meanwhile
+    for i in range(transport._COMPACT_AT + 40):
+        hook.generate_image(f"p{i}", width=768, height=768)
+    assert len(transport._WATCHDOG._pending) <= transport._COMPACT_AT
