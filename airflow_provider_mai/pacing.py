@@ -13,8 +13,9 @@ point ``rpm_state_dir`` at a shared volume that supports locks.
 
 The schedule is not trusted blindly. Its folder must belong to the user and be writable by no one
 else; the file is opened without following links; and a slot further away than the schedule can
-legitimately reach (:func:`max_wait_seconds`: one minute of the quota) or not a finite number -
-a damaged file, a wall clock stepped back - is discarded: it costs at most one slot of spacing.
+legitimately reach (:func:`max_wait_seconds` plus one slot) or not a finite number - a damaged
+file, a wall clock stepped back - is discarded: it costs at most one slot of spacing. No request
+waits longer than :func:`max_wait_seconds`.
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ class RequestPacer:
     def reserve(self) -> float:
         """Take the next free send slot; return the seconds to wait until it (0 when it is now).
 
-        Never more than :attr:`horizon`. Raises :class:`PacingStateError` when the state is unsafe.
+        Never more than :attr:`horizon`: when the schedule runs further ahead, the request takes no
+        slot and is sent after the horizon. Raises :class:`PacingStateError` when the state is unsafe.
         """
         _private_folder(self.path.parent)
         try:
@@ -109,6 +111,10 @@ class RequestPacer:
             fcntl.flock(fd, fcntl.LOCK_EX)
             now = self._clock()
             slot = max(now, self._read_slot(fd, now))
+            if slot - now > self.horizon:
+                # More tasks wait than the quota serves within the bound: send after the bound, and
+                # leave the schedule as it is (the slots already handed out still come first).
+                return self.horizon
             os.ftruncate(fd, 0)
             os.pwrite(fd, repr(slot + self.interval).encode(), 0)
         finally:
@@ -122,6 +128,6 @@ class RequestPacer:
             next_free = float(raw.decode("ascii") or 0)
         except (UnicodeDecodeError, ValueError):
             return now
-        if not math.isfinite(next_free) or next_free > now + self.horizon:
-            return now
+        if not math.isfinite(next_free) or next_free > now + self.horizon + self.interval:
+            return now  # further than any slot ever handed out: damaged, or the clock stepped back
         return next_free

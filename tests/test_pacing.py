@@ -165,3 +165,12 @@ def test_an_unsafe_state_folder_is_a_configuration_error_before_sending(connect,
     with pytest.raises(MaiConfigurationError, match=r"'mai_paced'.*writable by other users"):
         hook.generate_image("x", width=768, height=768)
     assert emulator.requests == []
+
+
+def test_a_saturated_schedule_never_sends_faster_than_the_quota(tmp_path):
+    clock = FakeClock()
+    pacer = RequestPacer("k", rpm=60, state_dir=tmp_path / "s", clock=clock)
+    waits = [pacer.reserve() for _ in range(70)]  # 70 tasks at once against 60 per minute
+    assert max(waits) <= pacer.horizon
+    assert sum(1 for w in waits if w < 10) <= 10  # the first 10 s carry 10 slots, no burst on top
+    assert waits[-10:] == [pacer.horizon] * 10  # the overflow waits the bound and takes no slot
