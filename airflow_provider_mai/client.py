@@ -19,6 +19,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -367,7 +368,7 @@ def parse_image(answer: Answer, request: ImageRequest, attempts: int = 1) -> Mai
     extra = {k: v for k, v in parsed.items() if k != "data"}
     usage = extra.get("usage")
     if not isinstance(usage, dict):
-        usage = {k: extra[k] for k in ("num_output_tokens",) if k in extra} or None
+        usage = {k: extra[k] for k in ("num_output_tokens",) if k in extra}
     model = extra.get("model")
     return MaiImage(
         png=png,
@@ -377,10 +378,29 @@ def parse_image(answer: Answer, request: ImageRequest, attempts: int = 1) -> Mai
         prompt=request.prompt,
         deployment=deployment,
         request_id=request_id,
-        usage=usage,
+        usage=_bounded_usage(usage),
         response=extra,
         attempts=attempts,
     )
+
+
+#: What of the service's ``usage`` is kept: it travels to XCom, sidecars and lineage, so it is bounded.
+MAX_USAGE_ENTRIES = 32
+
+
+def _bounded_usage(usage: Mapping[str, Any]) -> dict[str, int | float] | None:
+    """The service's token counts: numeric entries under short names, at most
+    :data:`MAX_USAGE_ENTRIES` (a real answer has three); anything else is not a count and is dropped."""
+    kept = {
+        key: value
+        for key, value in usage.items()
+        if isinstance(key, str)
+        and len(key) <= 64
+        and isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    }
+    return dict(list(kept.items())[:MAX_USAGE_ENTRIES]) or None
 
 
 def _b64decode(text: str) -> bytes:

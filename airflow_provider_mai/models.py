@@ -207,6 +207,8 @@ class ImageRecord:
     #: HTTP requests this task sent for the image (0 when an earlier image was reused).
     attempts: int = field(metadata=_to(_XCOM, _SIDECAR, _LINEAGE))
     request_fingerprint: str = field(metadata=_to(_XCOM, _SIDECAR))
+    #: The service that made the image (a reused image must come from the same one).
+    endpoint: str | None = field(default=None, metadata=_to(_XCOM, _SIDECAR))
     #: Where an edit's input came from (a URI), or None.
     source_image: str | None = field(default=None, metadata=_to(_XCOM, _SIDECAR))
     created_utc: str = field(default="", metadata=_to(_XCOM, _SIDECAR))
@@ -222,9 +224,10 @@ class ImageRecord:
     generator: str = field(default=GENERATOR, metadata=_to(_SIDECAR))
 
     @classmethod
-    def from_image(cls, image: MaiImage, request: ImageRequest) -> ImageRecord:
-        """The record of an image the service just returned for ``request``."""
+    def from_image(cls, image: MaiImage, request: ImageRequest, *, endpoint: str) -> ImageRecord:
+        """The record of an image the service at ``endpoint`` just returned for ``request``."""
         return cls(
+            endpoint=endpoint,
             operation=request.operation,
             prompt=image.prompt,
             deployment=image.deployment,

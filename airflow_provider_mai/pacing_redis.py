@@ -78,7 +78,8 @@ def redis_url(
     host = (host or "").strip()
     if not host or "/" in host or "@" in host:
         raise MaiConfigurationError(
-            f"the Redis connection for pacing needs a plain host name or address, got {host!r}"
+            "the Redis connection for pacing needs a plain host name or address, got "
+            + ("a host with '@' (not shown)" if "@" in host else repr(host[:200]))
         )
     try:
         db = int(extra.get("db") or 0)

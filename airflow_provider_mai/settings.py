@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -245,9 +244,9 @@ def normalise_endpoint(host: str | None, port: int | None = None, *, conn_id: st
     from urllib3.util import parse_url
 
     def refuse(why: str) -> MaiConfigurationError:
-        # Never quote user info: 'https://user:password@host' would put the password in a log.
-        shown = re.sub(r"^([^/]*//)?[^/]*@", r"\1…@", (host or "").strip())[:200]
-        return MaiConfigurationError(f"connection {conn_id!r}: the host {shown!r} {why}")
+        # A host with '@' may hold 'user:password@': it is never quoted, not even in part.
+        shown = "(not shown: it holds an '@')" if "@" in (host or "") else repr((host or "").strip()[:200])
+        return MaiConfigurationError(f"connection {conn_id!r}: the host {shown} {why}")
 
     text = (host or "").strip()
     if not text:

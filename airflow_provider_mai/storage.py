@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
+from urllib.parse import urlsplit
 
 from airflow_provider_mai.exceptions import MaiConfigurationError, MaiOutputExistsError, MaiValidationError
 
@@ -114,7 +116,7 @@ def read_image_source(source: ImageSource, *, max_bytes: int, allow_http: bool =
     if isinstance(source, str) and source.split("://", 1)[0].lower() in _HTTP_PROTOCOLS:
         if not allow_http:
             raise _web_refused(source)
-        return LoadedImage(_fetch_web_input(source, max_bytes), source)
+        return LoadedImage(_fetch_web_input(source, max_bytes), public_url(source))
     if isinstance(source, (str, os.PathLike)):
         path = open_location(source)
     elif hasattr(source, "open") and hasattr(source, "protocol"):  # ObjectStoragePath / UPath
@@ -127,7 +129,7 @@ def read_image_source(source: ImageSource, *, max_bytes: int, allow_http: bool =
     if path.protocol in _HTTP_PROTOCOLS:
         if not allow_http:
             raise _web_refused(str(path))
-        return LoadedImage(_fetch_web_input(str(path), max_bytes), str(path))
+        return LoadedImage(_fetch_web_input(str(path), max_bytes), public_url(str(path)))
     try:
         with path.open("rb") as handle:
             data = handle.read(max_bytes + 1)
@@ -138,9 +140,23 @@ def read_image_source(source: ImageSource, *, max_bytes: int, allow_http: bool =
     return LoadedImage(_bounded(data, max_bytes, f"edit input {path}"), str(path))
 
 
+def public_url(url: str) -> str:
+    """A web URL as it may be shown and recorded: scheme, host and path - never user info, a query
+    or a fragment, which may carry credentials (a presigned URL's signature)."""
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<an unreadable URL>"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}{port}{parts.path}"[:300]
+
+
 def _web_refused(url: str) -> MaiValidationError:
+    url = public_url(url)
     return MaiValidationError(
-        f"edit input {url[:200]!r} is a web URL: reading URLs is off, so a template cannot make the "
+        f"edit input {url!r} is a web URL: reading URLs is off, so a template cannot make the "
         "worker fetch any address. Copy the image to object storage, or let the connection's owner "
         "set the extra allow_http_inputs=true."
     )
@@ -151,6 +167,7 @@ def _fetch_web_input(url: str, max_bytes: int) -> bytes:
     from airflow_provider_mai import __version__
     from airflow_provider_mai.transport import TransportError, exchange, new_session
 
+    shown = public_url(url)
     session = new_session(f"airflow-provider-mai/{__version__}")
     try:
         answer = exchange(
@@ -164,12 +181,12 @@ def _fetch_web_input(url: str, max_bytes: int) -> bytes:
         )
     except TransportError as exc:
         if exc.kind == "too_large":
-            raise _too_large(f"edit input {url[:200]}", max_bytes) from None
-        raise MaiValidationError(f"edit input {url[:200]!r} could not be read: {exc.reason}") from None
+            raise _too_large(f"edit input {shown}", max_bytes) from None
+        raise MaiValidationError(f"edit input {shown!r} could not be read: {exc.reason}") from None
     finally:
         session.close()
     if answer.status != 200:
-        raise MaiValidationError(f"edit input {url[:200]!r} answered {answer.status}, not an image")
+        raise MaiValidationError(f"edit input {shown!r} answered {answer.status}, not an image")
     return bytes(answer.take_body())
 
 
@@ -297,15 +314,35 @@ def read_sidecar(png_path: ObjectStoragePath) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) else None
 
 
-def find_reusable(png_path: ObjectStoragePath, fingerprint: str) -> tuple[ImageRecord | None, str]:
-    """The record of an earlier image at ``png_path`` that answers the request ``fingerprint``
-    and is intact (its bytes match the sidecar's sha256); else None and why not."""
+def _sha256_of(path: ObjectStoragePath, max_bytes: int) -> str | None:
+    """The sha256 of the file at ``path``, read in steps; None when it is larger than ``max_bytes``."""
+    digest = hashlib.sha256()
+    read = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            read += len(chunk)
+            if read > max_bytes:
+                return None
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def find_reusable(
+    png_path: ObjectStoragePath, fingerprint: str, *, endpoint: str, max_bytes: int
+) -> tuple[ImageRecord | None, str]:
+    """The record of an earlier image at ``png_path`` that answers the request ``fingerprint`` from
+    the same ``endpoint``, and is intact (its bytes, at most ``max_bytes``, match the sidecar's
+    sha256); else None and why not."""
     sidecar = read_sidecar(png_path)
     if sidecar is None:
         return None, "nothing reusable there"
     if sidecar.get("request_fingerprint") != fingerprint:
         return None, "it holds an image of another request"
-    if hashlib.sha256(png_path.read_bytes()).hexdigest() != sidecar.get("sha256"):
+    made_by = sidecar.get("endpoint")
+    if made_by is not None and made_by != endpoint:
+        # The same deployment name on the emulator and on a real resource is not the same request.
+        return None, f"its image was made by another endpoint ({str(made_by)[:100]})"
+    if _sha256_of(png_path, max_bytes) != sidecar.get("sha256"):
         return None, "the image does not match its sidecar's checksum"
     from airflow_provider_mai.models import ImageRecord
 
@@ -316,6 +353,10 @@ def find_reusable(png_path: ObjectStoragePath, fingerprint: str) -> tuple[ImageR
     return record, "it holds this request's image"
 
 
+#: Why ``os.link`` fails on file systems without hard links (FUSE mounts, SMB, exFAT...).
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK})
+
+
 def _write_local(target: Path, data: bytes, *, exclusive: bool) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
@@ -324,9 +365,19 @@ def _write_local(target: Path, data: bytes, *, exclusive: bool) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        if exclusive:
+        if not exclusive:
+            os.replace(tmp, target)
+            return
+        try:
             os.link(tmp, target)  # atomic, and refuses an existing name: first writer wins
-        else:
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+            # No hard links here: checked, then renamed - exclusive but for a moment's race.
+            if target.exists():
+                raise FileExistsError(str(target)) from None
             os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -339,11 +390,16 @@ def _write(path: ObjectStoragePath, data: bytes, *, exclusive: bool = False) -> 
     # Object stores publish an object only when its single put completes: never half an object.
     path.parent.mkdir(parents=True, exist_ok=True)
     if exclusive and path.protocol in _EXCLUSIVE_PUT_PROTOCOLS:
-        path.fs.pipe_file(path.path, data, mode="create")  # a conditional put (If-None-Match: *)
-    elif exclusive and path.exists():
+        try:
+            path.fs.pipe_file(path.path, data, mode="create")  # a conditional put (If-None-Match: *)
+            return
+        except FileExistsError:
+            raise
+        except Exception:
+            pass  # fall back to the check below; the put itself reports real storage failures
+    if exclusive and path.exists():
         raise FileExistsError(str(path))  # stores without conditional puts: checked, not atomic
-    else:
-        path.write_bytes(data)
+    path.write_bytes(data)
 
 
 def write_image(path: ObjectStoragePath, png: bytes, record: ImageRecord, *, exclusive: bool = False) -> None:

@@ -301,6 +301,7 @@ def exchange(
     except requests.exceptions.SSLError:
         raise TransportError("TLS certificate verification failed", sent=False, kind="tls") from None
     except (
+        requests.exceptions.InvalidJSONError,
         requests.exceptions.InvalidHeader,
         requests.exceptions.InvalidURL,
         requests.exceptions.InvalidSchema,

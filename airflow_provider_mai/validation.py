@@ -5,12 +5,16 @@ Also the byte-level image checks: the type of an image is read from its bytes, n
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Mapping
 from typing import Any
 
 from airflow_provider_mai.api import MAX_PIXELS, MAX_PROMPT_CHARS, MIN_SIDE
 from airflow_provider_mai.exceptions import MaiValidationError
+
+#: The largest ``extra_params`` sent, as JSON: options are flags and short values, never payloads.
+MAX_EXTRA_PARAMS_BYTES = 64 * 1024
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
@@ -31,15 +35,27 @@ def validate_prompt(prompt: Any) -> str:
 
 
 def validate_extra_params(extra_params: Any, reserved: frozenset[str]) -> dict[str, Any]:
-    """A copy of ``extra_params`` (None: empty) if it is a dict that sets none of ``reserved``."""
+    """A copy of ``extra_params`` (None: empty) if it is a dict of JSON values, within
+    :data:`MAX_EXTRA_PARAMS_BYTES`, that sets none of ``reserved``."""
     if extra_params is None:
         return {}
     if not isinstance(extra_params, Mapping):
         raise MaiValidationError(f"extra_params must be a dict, got {type(extra_params).__name__}")
-    clash = sorted(reserved & set(extra_params))
+    clash = sorted(str(key) for key in reserved & set(extra_params))
     if clash:
         raise MaiValidationError(
             f"extra_params cannot set {', '.join(clash)}: pass them as the call's own arguments"
+        )
+    try:
+        encoded = json.dumps(extra_params, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise MaiValidationError(
+            f"extra_params must hold JSON values only (strings, finite numbers, booleans, lists, "
+            f"dicts): {type(exc).__name__}"
+        ) from None
+    if len(encoded) > MAX_EXTRA_PARAMS_BYTES:
+        raise MaiValidationError(
+            f"extra_params is {len(encoded):,} bytes as JSON; at most {MAX_EXTRA_PARAMS_BYTES:,} are sent"
         )
     return dict(extra_params)
 
@@ -54,8 +70,9 @@ def coerce_dimension(name: str, value: Any) -> int:
         return int(value)
     if isinstance(value, str):
         text = value.strip()
-        if text.lstrip("+").isdigit():
-            return int(text)
+        digits = text.lstrip("+")
+        if digits.isascii() and digits.isdigit() and len(digits) <= 6:
+            return int(digits)
     raise MaiValidationError(f"{name} must be a whole number of pixels, got {value!r}")
 
 

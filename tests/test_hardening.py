@@ -366,3 +366,125 @@ def test_the_connection_test_sends_one_request_whatever_the_retries(connect, emu
     ok, message = MaiHook(connect(extra={"max_retries": 5})).test_connection()
     assert not ok and "503" in message
     assert len(emulator.requests) == 1
+
+
+# -- from the hostile review -------------------------------------------------------------------------
+
+
+def test_a_presigned_url_is_never_quoted_nor_recorded_with_its_signature(connect, emulator):
+    connect()
+    signed = "https://account.blob.example/c/cat.png?sv=2024&sig=SECRET-SIGNATURE#frag"
+    with pytest.raises(MaiValidationError) as info:
+        _edit("hook", signed)
+    assert "SECRET" not in str(info.value) and "https://account.blob.example/c/cat.png" in str(info.value)
+    png = make_png(640, 480)
+    with RawServer(lambda conn, request: conn.sendall(http_answer(200, png))) as server:
+        connect(extra={"allow_http_inputs": True})
+        result = MaiEditImageOperator(
+            task_id="e", prompt="brighter", image=f"{server.url}/cat.png?sig=SECRET-SIGNATURE"
+        ).execute(task_context("e"))
+    assert result["source_image"] == f"{server.url}/cat.png"
+    assert b"sig=SECRET-SIGNATURE" in server.requests[0]  # sent, as the URL requires; recorded nowhere
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ({"seed_like": float("nan")}, "JSON values only"),
+        ({"when": __import__("datetime").date(2026, 1, 1)}, "JSON values only"),
+        ({"blob": "x" * 70_000}, "at most 65,536"),
+    ],
+    ids=["nan", "date", "huge"],
+)
+def test_extra_params_that_are_not_json_fail_before_sending(connect, emulator, extra, match):
+    hook = MaiHook(connect())
+    with pytest.raises(MaiValidationError, match=match):
+        hook.generate_image("x", width=768, height=768, extra_params=extra)
+    assert emulator.requests == []
+
+
+@pytest.mark.parametrize("width", ["1024\u00b2", "1" * 5000, "\uff11\uff10\uff12\uff14"])
+def test_sizes_that_only_look_like_numbers_are_validation_errors(connect, emulator, width):
+    with pytest.raises(MaiValidationError, match="whole number"):
+        MaiHook(connect()).generate_image("x", width=width, height=1024)
+    assert emulator.requests == []
+
+
+def test_the_services_usage_is_kept_bounded_and_numeric(connect, emulator):
+    png = base64.b64encode(make_png(768, 768)).decode()
+    usage = {f"count_{i}": i for i in range(1000)} | {"nested": {"a": 1}, "text": "x" * 100, "flag": True}
+    emulator.inject(Fault(status=200, body={"usage": usage, "data": [{"b64_json": png}]}))
+    image = MaiHook(connect()).generate_image("x", width=768, height=768)
+    assert len(image.usage) == 32
+    assert all(isinstance(v, int) and not isinstance(v, bool) for v in image.usage.values())
+
+
+def test_reuse_reads_at_most_the_cap_of_whatever_sits_at_the_path(connect, emulator, tmp_path):
+    connect(extra={"max_response_mb": 8})
+    target = tmp_path / "x.png"
+
+    def op():  # type: ignore[no-untyped-def]
+        return MaiGenerateImageOperator(
+            task_id="g", prompt="p", width=768, height=768, output_path=str(target), if_exists="skip"
+        )
+
+    op().execute(task_context())
+    with open(target, "r+b") as handle:
+        handle.truncate(3 * 1024**3)  # replaced behind our back by something huge (sparse)
+    tracemalloc.start()
+    try:
+        assert op().execute(task_context())["reused"] is False
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024 * 1024
+    assert len(emulator.requests) == 2
+
+
+def test_an_image_made_by_another_endpoint_is_not_reused(connect, emulator, tmp_path):
+    def op():  # type: ignore[no-untyped-def]
+        return MaiGenerateImageOperator(
+            task_id="g",
+            prompt="p",
+            width=768,
+            height=768,
+            output_path=f"{tmp_path}/",
+            naming="request",
+            if_exists="skip",
+        )
+
+    with MaiEmulator(api_key=API_KEY) as other:  # e.g. CI's emulator, then the real resource
+        connect(host=other.url)
+        first = op().execute(task_context())
+    connect()
+    second = op().execute(task_context())
+    assert second["uri"] == first["uri"]  # the same request, the same name...
+    assert second["reused"] is False and second["endpoint"] == emulator.url  # ...but not the same service
+    assert len(emulator.requests) == 1
+
+
+def test_if_exists_fail_works_where_hard_links_do_not(connect, emulator, tmp_path, monkeypatch):
+    import errno
+
+    def no_links(source, target):  # type: ignore[no-untyped-def] # what a FUSE or SMB mount answers
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr("os.link", no_links)
+    connect()
+    target = tmp_path / "x.png"
+    result = MaiGenerateImageOperator(
+        task_id="g", prompt="p", width=768, height=768, output_path=str(target), if_exists="fail"
+    ).execute(task_context())
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == result["sha256"]
+    with pytest.raises(MaiOutputExistsError):
+        MaiGenerateImageOperator(
+            task_id="g", prompt="q", width=768, height=768, output_path=str(target), if_exists="fail"
+        ).execute(task_context())
+    assert files_in(tmp_path) == ["x.json", "x.png"]
+
+
+def test_a_host_whose_password_holds_a_slash_is_not_echoed(connect, emulator):
+    hook = MaiHook(connect("mai_userinfo", host="https://svc:Zm9v/YmFy@res.services.ai.azure.com"))
+    with pytest.raises(MaiConfigurationError) as info:
+        hook.generate_image("x", width=768, height=768)
+    assert "Zm9v" not in str(info.value) and "YmFy" not in str(info.value)

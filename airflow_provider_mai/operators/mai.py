@@ -1,8 +1,8 @@
 """Operators that generate and edit images with Microsoft Foundry MAI deployments.
 
 Both are thin: they build a validated request, call the hook's client, and hand the PNG to object
-storage (with a provenance sidecar) or to XCom. Importing this module is cheap: requests,
-azure-identity and Pillow load only when a task runs.
+storage (with a provenance sidecar) or to XCom. Importing this module is cheap: requests, urllib3
+and azure-identity load only when a task runs (and Pillow never: tasks do not draw).
 """
 
 from __future__ import annotations
@@ -137,13 +137,19 @@ class MaiBaseImageOperator(BaseOperator):
             if self.if_exists == "fail" and location.exists():
                 raise MaiOutputExistsError(f"{location} already exists and if_exists='fail'")
             if self.if_exists == "skip":
-                reused, why = storage.find_reusable(location, request.fingerprint)
+                settings = self.hook.settings
+                reused, why = storage.find_reusable(
+                    location,
+                    request.fingerprint,
+                    endpoint=settings.endpoint,
+                    max_bytes=settings.max_response_bytes,
+                )
                 if reused is not None:
                     self.log.info("%s already holds this request's image; skipped (no quota spent)", location)
                     return reused
                 self.log.info("%s: %s; sending the request", location, why)
         image = self.hook.get_conn().send(request)
-        record = ImageRecord.from_image(image, request)
+        record = ImageRecord.from_image(image, request, endpoint=self.hook.settings.endpoint)
         if location is None:
             self.log.info(
                 "%s %dx%d PNG (%d bytes, request id %s, %d attempt(s)); returned in XCom as base64",
@@ -191,7 +197,7 @@ class MaiGenerateImageOperator(MaiBaseImageOperator):
     ``b64_json`` (only without ``output_path``), ``width``, ``height`` (read from the PNG),
     ``model``, ``deployment``, ``prompt``, ``sha256``, ``size_bytes``, ``request_id``, ``usage``,
     ``attempts``, ``sidecar_uri``, ``reused`` and the request's provenance (``operation``,
-    ``request_fingerprint``, ``created_utc``, ``ai_generated``).
+    ``endpoint``, ``request_fingerprint``, ``created_utc``, ``ai_generated``).
 
     :param prompt: what to draw (templated).
     :param width: pixels (templated; a rendered string is turned into an int). Each side >= 768 and
@@ -200,6 +206,8 @@ class MaiGenerateImageOperator(MaiBaseImageOperator):
     :param model: the deployment name (templated); defaults to the connection's ``deployment``.
     :param output_path: where to write the PNG (templated); see :class:`MaiBaseImageOperator`.
     :param if_exists: ``"overwrite"``, ``"skip"`` or ``"fail"``; see :class:`MaiBaseImageOperator`.
+    :param naming: ``"run"`` or ``"request"``: how a folder ``output_path`` names the file; see
+        :class:`MaiBaseImageOperator`.
     :param extra_params: more JSON fields for newer models (templated).
     :param mai_conn_id: the Airflow connection of type ``mai``.
     """
@@ -236,6 +244,8 @@ class MaiEditImageOperator(MaiBaseImageOperator):
     :param model: the deployment name (templated); defaults to the connection's ``deployment``.
     :param output_path: where to write the PNG (templated); see :class:`MaiBaseImageOperator`.
     :param if_exists: ``"overwrite"``, ``"skip"`` or ``"fail"``; see :class:`MaiBaseImageOperator`.
+    :param naming: ``"run"`` or ``"request"``: how a folder ``output_path`` names the file; see
+        :class:`MaiBaseImageOperator`.
     :param extra_params: more form fields for newer models (templated).
     :param mai_conn_id: the Airflow connection of type ``mai``.
     """
