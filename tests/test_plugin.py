@@ -435,6 +435,8 @@ def hostile_run(airflow_db, tmp_path_factory) -> SimpleNamespace:
         },
         # 5: a sha256 that would write markdown and HTML of its own.
         {"b64_json": inline, "sha256": "x)](javascript:alert(1))<b>" + "0" * 40, "prompt": "bad sha"},
+        # 6: a prompt too long to list (the service takes 128,000 characters).
+        {"b64_json": inline, "sha256": sha(small), "prompt": "a very long prompt " * 2_500},
     ]
     conf = {"results": results, "inline_images": INLINE_IMAGES, "inline_bytes": INLINE_BYTES}
     run, states, xcoms = run_dag(HOSTILE, conf)
@@ -485,10 +487,16 @@ def test_results_of_the_wrong_shape_are_shown_plainly_or_not_at_all(api, tokens,
         assert "javascript:" not in answer.text and "<b>" not in answer.text
     cards = _Page(api.get(hostile("run", hostile_run), headers=viewer).text).cards
     forged = sorted(card for card in cards if card.startswith("forge"))
-    assert forged == ["forge[0]", "forge[1]", "forge[3]", "forge[4]"]  # not the .json, not the bad sha256
+    # Not the .json, not the bad sha256; the long prompt's result listed without its details.
+    assert forged == ["forge[0]", "forge[1]", "forge[3]", "forge[4]", "forge[6]"]
     assert len(cards) == len(forged) + INLINE_IMAGES
     tab = api.get(hostile("ti", hostile_run, "forge", 4), headers=viewer)
     assert tab.status_code == 200 and "wide" not in tab.text
+    run_page = api.get(hostile("run", hostile_run), headers=viewer).text
+    assert 'data-task="forge[6]" data-unlisted="true"' in run_page and "a very long prompt" not in run_page
+    assert "its result is too large to show here (47," in run_page
+    long_tab = api.get(hostile("ti", hostile_run, "forge", 6), headers=viewer).text
+    assert long_tab.count("a very long prompt") == 2 * 2_500  # its own tab shows it (and its alt text)
     for name in ("image", "thumb", "sidecar"):
         assert api.get(hostile(name, hostile_run, "forge", 5), headers=viewer).status_code == 404, name
 
@@ -532,6 +540,13 @@ def test_a_page_reads_only_the_images_it_shows_and_never_their_base64(api, token
 # -- the pieces, without a server ------------------------------------------------------------------
 
 
+def printed_by_python(code: str) -> list[str]:
+    """The lines ``code`` prints, run in a fresh Python process (nothing imported yet)."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
 def test_importing_the_plugin_is_cheap_and_builds_no_app():
     # Airflow imports the plugin in every process that loads plugins (workers too).
     code = (
@@ -543,9 +558,7 @@ def test_importing_the_plugin_is_cheap_and_builds_no_app():
         "print(','.join(m for m in ('fastapi', 'PIL', 'airflow.api_fastapi') if m in new));"
         "print(plugin._app is None, len(views))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split("\n")[:2] == ["", "True 3"]
+    assert printed_by_python(code)[:2] == ["", "True 3"]
 
 
 def test_extra_link_opens_the_task_instance_tab_relative_to_the_ui():
@@ -661,9 +674,7 @@ def test_thumbnails_decode_only_png_and_jpeg_of_a_mai_size(tmp_path):
         "        print(path.suffix, 'refused:', exc)\n"
         "print('EPS reader loaded:', 'PIL.EpsImagePlugin' in sys.modules)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [
+    assert printed_by_python(code) == [
         *(
             f"{suffix} refused: not a readable image: only PNG and JPEG are decoded"
             for suffix in (".bmp", ".eps", ".gif", ".tiff")
