@@ -421,7 +421,7 @@ def recent_runs(
     until: date | None = None,
     limit: int = 10,
     offset: int = 0,
-    images_per_run: int = 12,
+    images_per_run: int,
 ) -> tuple[list[RunImages], bool]:
     """The newest runs (by ``run_after``) that have MAI images, with their first
     ``images_per_run`` images; and whether there are more runs. ``until`` is inclusive (the whole
