@@ -35,14 +35,18 @@ def image_query(dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> 
     return urlencode({"dag_id": dag_id, "run_id": run_id, "task_id": task_id, "map_index": map_index})
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def is_sha256(value: object) -> bool:
+    """Whether ``value`` is a sha256 as MAI results record it: 64 lowercase hex digits."""
+    return isinstance(value, str) and _SHA256.fullmatch(value) is not None
+
+
 def content_tag(sha256: str) -> str:
     """The tag (``v=``) an image's URLs carry: browsers may keep what such a URL names for good,
     and a new image (a re-run) has new URLs. URLs without it are revalidated on every use."""
     return sha256[:16]
-
-
-def _versioned(url: str, sha256: str | None) -> str:
-    return f"{url}&v={content_tag(sha256)}" if sha256 else url
 
 
 def thumbnail_url(
@@ -60,16 +64,10 @@ def thumbnail_url(
     """
     if size not in THUMBNAIL_SIZES:
         raise ValueError(f"size must be one of {THUMBNAIL_SIZES}; got {size!r}")
-    return _versioned(
-        f"{PLUGIN_PREFIX}/thumb?{image_query(dag_id, run_id, task_id, map_index)}&size={size}", sha256
-    )
-
-
-def image_url(
-    dag_id: str, run_id: str, task_id: str, map_index: int = -1, *, sha256: str | None = None
-) -> str:
-    """A task instance's full-size PNG, relative to the UI's base (``sha256``: as for thumbnails)."""
-    return _versioned(f"{PLUGIN_PREFIX}/image?{image_query(dag_id, run_id, task_id, map_index)}", sha256)
+    if sha256 is not None and not is_sha256(sha256):
+        raise ValueError("sha256 must be 64 lowercase hex digits, as a MAI result records it")
+    url = f"{PLUGIN_PREFIX}/thumb?{image_query(dag_id, run_id, task_id, map_index)}&size={size}"
+    return f"{url}&v={content_tag(sha256)}" if sha256 else url
 
 
 def task_instance_tab_url(dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:
@@ -102,23 +100,30 @@ def review_markdown(
 
     One column per map index (``results`` in map index order, as a mapped task's output is):
     its label (the option a reviewer picks), thumbnail, prompt and a link to its "MAI image" tab.
-    The thumbnails are served by the UI plugin to the reviewer's browser with their login.
+    The thumbnails are served by the UI plugin to the reviewer's browser with their login. A
+    result that is not a MAI image (no well-formed sha256: a task can return anything) gets no
+    thumbnail, its column says so.
     """
     if len(labels) != len(results):
         raise ValueError(f"{len(results)} results but {len(labels)} labels: give one label per image")
     header = " | ".join(f"**{_markdown_text(label)}**" for label in labels)
     rule = " | ".join(":-:" for _ in labels)
-    images = " | ".join(
-        f"![{_markdown_text(label)}]"
-        f"({thumbnail_url(dag_id, run_id, task_id, index, size=size, sha256=result.get('sha256'))})"
-        for index, (label, result) in enumerate(zip(labels, results, strict=True))
-    )
-    captions = " | ".join(
-        f"{_markdown_text(result.get('prompt') or '')} "
-        f"([details]({task_instance_tab_url(dag_id, run_id, task_id, index)}))"
-        for index, result in enumerate(results)
-    )
-    return "\n".join(f"| {row} |" for row in (header, rule, images, captions))
+    cells, captions = [], []
+    for index, (label, result) in enumerate(zip(labels, results, strict=True)):
+        fields = result if isinstance(result, Mapping) else {}
+        sha256 = fields.get("sha256")
+        if is_sha256(sha256):
+            url = thumbnail_url(dag_id, run_id, task_id, index, size=size, sha256=sha256)
+            cells.append(f"![{_markdown_text(label)}]({url})")
+        else:
+            cells.append("*(no image)*")
+        prompt = fields.get("prompt")
+        captions.append(
+            f"{_markdown_text(prompt if isinstance(prompt, str) else '')} "
+            f"([details]({task_instance_tab_url(dag_id, run_id, task_id, index)}))"
+        )
+    rows = (header, rule, " | ".join(cells), " | ".join(captions))
+    return "\n".join(f"| {row} |" for row in rows)
 
 
 class MaiImageLink(BaseOperatorLink):

@@ -26,7 +26,7 @@ import pytest
 from airflow_provider_mai.emulator import MaiEmulator
 from airflow_provider_mai.links import image_query
 from tests.conftest import API_KEY, emulator_connection
-from tests.helpers import run_dag
+from tests.helpers import make_png, run_dag
 from tests.ui_auth import PASSWORDS, api_server_auth_env
 
 pytestmark = pytest.mark.integration
@@ -88,12 +88,14 @@ def as_user(tokens: dict[str, str], name: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {tokens[name]}"}
 
 
-def route(name: str, run_id: str, task_id: str = "edit", map_index: int | str = -1) -> str:
+def route(
+    name: str, run_id: str, task_id: str = "edit", map_index: int | str = -1, dag_id: str = DAG_ID
+) -> str:
     if name == "gallery":
         return "/mai/gallery"
     if name == "run":
-        return f"/mai/run?{urlencode({'dag_id': DAG_ID, 'run_id': run_id})}"
-    query = image_query(DAG_ID, run_id, task_id, -1).replace("map_index=-1", f"map_index={map_index}")
+        return f"/mai/run?{urlencode({'dag_id': dag_id, 'run_id': run_id})}"
+    query = image_query(dag_id, run_id, task_id, -1).replace("map_index=-1", f"map_index={map_index}")
     return f"/mai/{name}?{query}"
 
 
@@ -382,7 +384,172 @@ def test_images_in_object_stores_are_read_with_the_api_servers_connections(
     assert ["generate[1]", "edit"] in _Page(page).chains  # pairing read from the store's sidecar
 
 
+# -- what any task can push: forged results --------------------------------------------------------
+
+HOSTILE = "mai_test_ui_hostile"
+SECRET = "s3cr3t-of-the-api-server"
+#: XCom-only images in the hostile run, and the base64 each carries (as a real one's 2-4 MB would).
+INLINE_IMAGES, INLINE_BYTES = 30, 1_000_000
+
+
+@pytest.fixture(scope="module")
+def hostile_run(airflow_db, tmp_path_factory) -> SimpleNamespace:
+    """A run whose tasks push the MAI link with results of their own making (any task can): forged
+    sidecar locations, files that are not PNGs, values of the wrong type, and many large images kept
+    in XCom."""
+    import base64
+
+    folder = tmp_path_factory.mktemp("hostile")
+    (folder / "secrets.json").write_text(json.dumps({"client_secret": SECRET}))
+    (folder / "ok").mkdir()
+    png = make_png(64, 48)
+    (folder / "ok" / "pic.png").write_bytes(png)
+    other = make_png(64, 48, (200, 0, 0))
+    (folder / "other.png").write_bytes(other)
+    # A sidecar beside other.png that describes another image (pic.png), with a secret in it.
+    (folder / "other.json").write_text(json.dumps({"sha256": sha(png), "client_secret": SECRET}))
+    small = make_png(32, 32)
+    inline = base64.b64encode(small).decode()
+    results = [
+        # 0: a real PNG, and a sidecar location of the task's choosing.
+        {
+            "uri": str(folder / "ok" / "pic.png"),
+            "sha256": sha(png),
+            "sidecar_uri": str(folder / "secrets.json"),
+        },
+        # 1: a made-up PNG whose sidecar would be secrets.json.
+        {"uri": str(folder / "secrets.png"), "sha256": "0" * 64, "prompt": "beside the secrets"},
+        # 2: not a PNG at all.
+        {"uri": str(folder / "secrets.json"), "sha256": "0" * 64, "prompt": "the secrets themselves"},
+        # 3: a real PNG with another image's sidecar beside it.
+        {"uri": str(folder / "other.png"), "sha256": sha(other), "prompt": "another image's sidecar"},
+        # 4: fields of the wrong types.
+        {
+            "b64_json": inline,
+            "sha256": sha(small),
+            "width": "wide",
+            "height": 0,
+            "size_bytes": "lots",
+            "prompt": {"nested": ["x"]},
+            "reused": "no",
+        },
+        # 5: a sha256 that would write markdown and HTML of its own.
+        {"b64_json": inline, "sha256": "x)](javascript:alert(1))<b>" + "0" * 40, "prompt": "bad sha"},
+        # 6: a prompt too long to list (the service takes 128,000 characters).
+        {"b64_json": inline, "sha256": sha(small), "prompt": "a very long prompt " * 2_500},
+    ]
+    conf = {"results": results, "inline_images": INLINE_IMAGES, "inline_bytes": INLINE_BYTES}
+    run, states, xcoms = run_dag(HOSTILE, conf)
+    assert set(states.values()) == {"success"}, states
+    return SimpleNamespace(run_id=run.run_id, xcoms=xcoms, folder=folder, results=results)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def hostile(name: str, run: SimpleNamespace, task_id: str = "forge", map_index: int | str = -1) -> str:
+    return route(name, run.run_id, task_id, map_index, dag_id=HOSTILE)
+
+
+def test_a_sidecar_is_read_only_beside_the_png_and_only_when_it_describes_that_image(
+    api, tokens, hostile_run
+):
+    viewer = as_user(tokens, "viewer")
+    answers = {
+        index: api.get(hostile("sidecar", hostile_run, "forge", index), headers=viewer) for index in range(4)
+    }
+    # The XCom's sidecar_uri is not read: pic.png has no sidecar beside it.
+    assert answers[0].status_code == 404 and "no longer at" in answers[0].json()["detail"]
+    # A sidecar whose sha256 is not the image's is refused, its content not shown.
+    assert answers[1].status_code == 409 and "does not describe this image" in answers[1].json()["detail"]
+    assert answers[3].status_code == 409 and "does not describe this image" in answers[3].json()["detail"]
+    # A location that is not a PNG is not opened at all.
+    assert answers[2].status_code == 404
+    assert api.get(hostile("image", hostile_run, "forge", 2), headers=viewer).status_code == 404
+    pages = [hostile("ti", hostile_run, "forge", index) for index in range(4)]
+    pages += [hostile("run", hostile_run), f"/mai/gallery?dag_id={HOSTILE}"]
+    for path in pages:
+        answer = api.get(path, headers=viewer)
+        assert answer.status_code == 200, path
+        assert SECRET not in answer.text and "client_secret" not in answer.text, path
+    for answer in answers.values():
+        assert SECRET not in answer.text and "client_secret" not in answer.text
+    tab = api.get(hostile("ti", hostile_run, "forge", 3), headers=viewer).text
+    assert "does not describe this image" in tab
+
+
+def test_results_of_the_wrong_shape_are_shown_plainly_or_not_at_all(api, tokens, hostile_run):
+    viewer = as_user(tokens, "viewer")
+    for path in (hostile("run", hostile_run), f"/mai/gallery?dag_id={HOSTILE}"):
+        answer = api.get(path, headers=viewer)
+        assert answer.status_code == 200, (path, answer.text[-2000:])
+        assert "javascript:" not in answer.text and "<b>" not in answer.text
+    cards = _Page(api.get(hostile("run", hostile_run), headers=viewer).text).cards
+    forged = sorted(card for card in cards if card.startswith("forge"))
+    # Not the .json, not the bad sha256; the long prompt's result listed without its details.
+    assert forged == ["forge[0]", "forge[1]", "forge[3]", "forge[4]", "forge[6]"]
+    assert len(cards) == len(forged) + INLINE_IMAGES
+    tab = api.get(hostile("ti", hostile_run, "forge", 4), headers=viewer)
+    assert tab.status_code == 200 and "wide" not in tab.text
+    run_page = api.get(hostile("run", hostile_run), headers=viewer).text
+    assert 'data-task="forge[6]" data-unlisted="true"' in run_page and "a very long prompt" not in run_page
+    assert "its result is too large to show here (47," in run_page
+    long_tab = api.get(hostile("ti", hostile_run, "forge", 6), headers=viewer).text
+    assert long_tab.count("a very long prompt") == 2 * 2_500  # its own tab shows it (and its alt text)
+    for name in ("image", "thumb", "sidecar"):
+        assert api.get(hostile(name, hostile_run, "forge", 5), headers=viewer).status_code == 404, name
+
+
+def peak_bytes(call: Any) -> tuple[Any, int]:
+    """What ``call()`` returns, and the most memory (bytes, Python's allocations) it held at once."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        result = call()
+        return result, tracemalloc.get_traced_memory()[1] - baseline
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_page_reads_only_the_images_it_shows_and_never_their_base64(api, tokens, hostile_run):
+    viewer = as_user(tokens, "viewer")
+    stored = INLINE_IMAGES * INLINE_BYTES * 4 // 3
+    paths = {
+        "one image's tab": hostile("ti", hostile_run, "inline", 7),
+        "the mapped task's tab": hostile("ti", hostile_run, "inline", "{MAP_INDEX}"),
+        "the run's tab": hostile("run", hostile_run),
+        "the gallery": f"/mai/gallery?dag_id={HOSTILE}",
+    }
+    for what, path in paths.items():
+        api.get(path, headers=viewer)  # once first: templates compiled, caches filled
+        answer, peak = peak_bytes(lambda path=path: api.get(path, headers=viewer))
+        assert answer.status_code == 200, what
+        # ~40 MB of base64 in the run's XComs (pages that read whole results held 60 MB): a page
+        # holds a few fields of each image it shows, less than one image's base64 in all.
+        assert peak < INLINE_BYTES, f"{what}: {peak:,} bytes at once ({stored:,} stored)"
+    one = api.get(paths["one image's tab"], headers=viewer).text
+    assert "inline image 7" in one and "inline image 8" not in one
+    mapped = api.get(paths["the mapped task's tab"], headers=viewer).text
+    assert f"{INLINE_IMAGES} mapped task instances with images" in mapped
+    # The gallery reads the keys of all 37 marked results, the values of its first 12 only.
+    gallery = api.get(paths["the gallery"], headers=viewer).text
+    assert len(_Page(gallery).cards) <= 12 and "of 37 images" in gallery
+    image = api.get(hostile("image", hostile_run, "inline", 7), headers=viewer)
+    assert sha(image.content) == hostile_run.xcoms[("inline", 7)]["sha256"]
+
+
 # -- the pieces, without a server ------------------------------------------------------------------
+
+
+def printed_by_python(code: str) -> list[str]:
+    """The lines ``code`` prints, run in a fresh Python process (nothing imported yet)."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
 
 
 def test_importing_the_plugin_is_cheap_and_builds_no_app():
@@ -396,9 +563,7 @@ def test_importing_the_plugin_is_cheap_and_builds_no_app():
         "print(','.join(m for m in ('fastapi', 'PIL', 'airflow.api_fastapi') if m in new));"
         "print(plugin._app is None, len(views))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split("\n")[:2] == ["", "True 3"]
+    assert printed_by_python(code)[:2] == ["", "True 3"]
 
 
 def test_extra_link_opens_the_task_instance_tab_relative_to_the_ui():
@@ -425,14 +590,14 @@ def test_review_markdown_shows_thumbnails_and_cannot_be_hijacked_by_a_prompt():
 
     results = [
         {"prompt": "a mug", "sha256": "ab" * 32},
-        {"prompt": "a cup ![x](https://evil.example/t.png) | [y](javascript:1)\nend"},
+        {"prompt": "a cup ![x](https://evil.example/t.png) | [y](javascript:1)\nend", "sha256": "cd" * 32},
     ]
     table = review_markdown("d", "r+1", "gen", results, ["One", "Two"])
     rows = table.split("\n")
     assert len(rows) == 4 and rows[0] == "| **One** | **Two** |"
     assert re.findall(r"!\[[^\]]*\]\(([^)]*)\)", table) == [
         "mai/thumb?dag_id=d&run_id=r%2B1&task_id=gen&map_index=0&size=320&v=abababababababab",
-        "mai/thumb?dag_id=d&run_id=r%2B1&task_id=gen&map_index=1&size=320",
+        "mai/thumb?dag_id=d&run_id=r%2B1&task_id=gen&map_index=1&size=320&v=cdcdcdcdcdcdcdcd",
     ]
     assert "evil.example" in rows[3] and r"\!\[x\]\(https" in rows[3] and r"\|" in rows[3]
     assert rows[3].count(" | ") == 1  # the prompt's pipe does not open a third column
@@ -440,6 +605,25 @@ def test_review_markdown_shows_thumbnails_and_cannot_be_hijacked_by_a_prompt():
         review_markdown("d", "r", "gen", results, ["One"])
     with pytest.raises(ValueError, match="size must be one of"):
         review_markdown("d", "r", "gen", results, ["One", "Two"], size=1000)
+
+
+def test_review_markdown_gives_no_thumbnail_to_a_result_that_is_not_a_mai_image():
+    from airflow_provider_mai.links import review_markdown, thumbnail_url
+
+    hostile = [
+        {"prompt": "ok", "sha256": "ab" * 32},
+        {"prompt": "forged", "sha256": "0123456789abcdef)](javascript:alert(1))" + "0" * 24},
+        {"prompt": "no sha256"},
+        "not even a dict",
+        {"prompt": ["a", "list"], "sha256": "AB" * 32},
+    ]
+    table = review_markdown("d", "r", "gen", hostile, ["A", "B", "C", "D", "E"])
+    images, captions = table.split("\n")[2:]
+    assert images.count("![") == 1 and images.count("*(no image)*") == 4
+    assert "javascript" not in table and images.count(" | ") == 4 and captions.count(" | ") == 4
+    assert "tasks/gen/mapped/3/plugin/mai-image" in captions  # each column still links to its tab
+    with pytest.raises(ValueError, match="64 lowercase hex digits"):
+        thumbnail_url("d", "r", "gen", sha256="x)](javascript:alert(1))")
 
 
 def test_map_index_reads_the_unfilled_placeholder_as_unmapped():
@@ -472,6 +656,58 @@ def test_thumbnails_stay_small_even_for_noise_and_transparency():
     assert flat.size == (160, 107) and flat.getpixel((5, 5)) == pytest.approx((255, 255, 255), abs=3)
     with pytest.raises(ValueError, match="not a readable image"):
         make_thumbnail(b"not an image", 160)
+
+
+def test_thumbnails_decode_only_png_and_jpeg_of_a_mai_size(tmp_path):
+    from PIL import Image
+
+    from airflow_provider_mai.plugin.thumbnails import MAX_SOURCE_PIXELS
+
+    for fmt in ("EPS", "GIF", "TIFF", "BMP"):
+        buffer = io.BytesIO()
+        Image.new("RGB", (64, 48), (10, 120, 200)).save(buffer, fmt)
+        (tmp_path / f"image.{fmt.lower()}").write_bytes(buffer.getvalue())
+    # In a fresh process: Pillow never even loads the EPS reader (which would run Ghostscript).
+    code = (
+        "import pathlib, sys\n"
+        "from airflow_provider_mai.plugin.thumbnails import make_thumbnail\n"
+        f"for path in sorted(pathlib.Path({str(tmp_path)!r}).iterdir()):\n"
+        "    try:\n"
+        "        make_thumbnail(path.read_bytes(), 160)\n"
+        "        print(path.suffix, 'made')\n"
+        "    except ValueError as exc:\n"
+        "        print(path.suffix, 'refused:', exc)\n"
+        "print('EPS reader loaded:', 'PIL.EpsImagePlugin' in sys.modules)\n"
+    )
+    assert printed_by_python(code) == [
+        *(
+            f"{suffix} refused: not a readable image: only PNG and JPEG are decoded"
+            for suffix in (".bmp", ".eps", ".gif", ".tiff")
+        ),
+        "EPS reader loaded: False",
+    ]
+    side = int(MAX_SOURCE_PIXELS**0.5) + 1  # just over the bound: refused before it is decoded
+    big = io.BytesIO()
+    Image.new("L", (side, side)).save(big, "PNG")
+    from airflow_provider_mai.plugin.thumbnails import make_thumbnail
+
+    with pytest.raises(ValueError, match=f"{side}x{side}: too large"):
+        make_thumbnail(big.getvalue(), 160)
+
+
+def test_thumbnails_are_made_a_bounded_number_at_a_time():
+    from airflow_provider_mai.plugin import thumbnails
+
+    png = make_png(64, 48)
+    taken = [thumbnails._decodes.acquire(timeout=1) for _ in range(thumbnails.MAX_CONCURRENT_DECODES)]
+    try:
+        assert all(taken)
+        with pytest.raises(thumbnails.ThumbnailsBusyError, match="try again shortly"):
+            thumbnails.make_thumbnail(png, 160, wait=0.05)
+    finally:
+        for _ in taken:
+            thumbnails._decodes.release()
+    assert thumbnails.make_thumbnail(png, 160)[:3] == b"\xff\xd8\xff"  # every slot given back
 
 
 def test_thumbnail_cache_keeps_within_its_byte_bound():

@@ -11,7 +11,6 @@ behind a proxy prefix; the login cookie travels with the iframe and its ``<img>`
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any
@@ -27,9 +26,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import airflow_provider_mai.plugin.results as results  # (not via the package: no import circle)
 from airflow_provider_mai.links import DEFAULT_THUMBNAIL_SIZE, THUMBNAIL_SIZES, content_tag
-from airflow_provider_mai.plugin.results import ImageUnavailableError, TaskImage
+from airflow_provider_mai.plugin.results import ImageUnavailableError, TaskImage, TaskInstanceRef
 from airflow_provider_mai.plugin.thumbnails import (
     ThumbnailCache,
+    ThumbnailsBusyError,
     ThumbnailsUnavailableError,
     cache_from_config,
     make_thumbnail,
@@ -42,7 +42,8 @@ if TYPE_CHECKING:
 #: Runs on one gallery page, and images shown per run there (the run's tab shows all of them).
 RUNS_PER_PAGE = 10
 IMAGES_PER_RUN_IN_GALLERY = 12
-#: Images on one run or task tab (a mapped task can have thousands of map indexes).
+#: Images on one run or task tab (a mapped task can have thousands of map indexes). A page reads
+#: at most this many results, each within ``results.MAX_LISTED_RESULT_BYTES``.
 MAX_IMAGES_PER_PAGE = 500
 #: Browser caching: a URL carrying the image's content tag (``v=``, its sha256's start) names that
 #: image for good; without it, the browser revalidates (ETag) so a re-run's image is never stale.
@@ -135,10 +136,8 @@ def gallery(
         until=until_date,
         limit=RUNS_PER_PAGE,
         offset=(page - 1) * RUNS_PER_PAGE,
+        images_per_run=IMAGES_PER_RUN_IN_GALLERY,
     )
-    for run in runs:
-        run.keep_first(IMAGES_PER_RUN_IN_GALLERY)
-    results.attach_sidecars([image for run in runs for image in run.images])
 
     def page_query(number: int) -> str:
         kept = {"dag_id": dag_id or "", "since": since or "", "until": until or ""}
@@ -160,26 +159,10 @@ def gallery(
 @router.get("/run", response_class=HTMLResponse, dependencies=[XComReadAccess])
 def run_tab(dag_id: str, run_id: str, session: SessionDep) -> HTMLResponse:
     """The DAG run tab: every MAI image of one run, edits beside the images they came from."""
-    run = results.run_images(session, dag_id, run_id)
+    run = results.run_images(session, dag_id, run_id, limit=MAX_IMAGES_PER_PAGE)
     if run is None:
         raise HTTPException(404, f"DAG {dag_id} has no run {run_id}")
-    run.keep_first(MAX_IMAGES_PER_PAGE)
-    results.attach_sidecars(run.images)
     return _page("run.html", title=f"MAI images of {run_id}", run=run)
-
-
-@dataclass(frozen=True)
-class TaskInstanceRef:
-    """The task instance a request names (``dag_id``, ``run_id``, ``task_id``, ``map_index``)."""
-
-    dag_id: str
-    run_id: str
-    task_id: str
-    map_index: int
-
-    @property
-    def label(self) -> str:
-        return self.task_id if self.map_index < 0 else f"{self.task_id}[{self.map_index}]"
 
 
 def task_instance_ref(dag_id: str, run_id: str, task_id: str, map_index: MapIndex = None) -> TaskInstanceRef:
@@ -202,7 +185,7 @@ _NO_IMAGE_BECAUSE = {
 def task_instance_tab(ti: TaskInstanceDep, session: SessionDep) -> HTMLResponse:
     """The task instance tab: its image full size with every detail and its sidecar - or a plain
     sentence saying why there is none (not a MAI task, not finished, failed)."""
-    found = results.task_instance_images(session, ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
+    found = results.task_instance_images(session, ti, limit=MAX_IMAGES_PER_PAGE)
     context: dict[str, Any] = {
         "dag_id": ti.dag_id,
         "run_id": ti.run_id,
@@ -237,22 +220,15 @@ def task_instance_tab(ti: TaskInstanceDep, session: SessionDep) -> HTMLResponse:
         message = f"No image for {ti.label}: {why}."
         return notice(f"no-image-{state}", f"{ti.label}: no image", message, warn=state in _NO_IMAGE_BECAUSE)
     if found.mapped:
-        context["images"] = found.images[:MAX_IMAGES_PER_PAGE]
-        results.attach_sidecars(context["images"])
+        context.update(images=found.images, total=found.total)
         return _page("task_instance.html", title=f"MAI images of {ti.task_id}", **context)
-    (context["image"],) = found.images
-    _relate_within_run(session, context["image"])
+    (image,) = found.images
+    context["image"] = image
+    if not image.unlisted:
+        # Its sidecar (shown in full), then the images of its run it was edited from or into.
+        results.attach_sidecar(image)
+        results.link_sources([image, *results.related_images(session, image, limit=MAX_IMAGES_PER_PAGE)])
     return _page("task_instance.html", title=f"MAI image of {ti.label}", **context)
-
-
-def _relate_within_run(session: Any, image: TaskImage) -> None:
-    """Find the image this one was edited from, and the edits made from it, in the same run."""
-    run = results.run_images(session, image.dag_id, image.run_id)
-    others = run.images[:MAX_IMAGES_PER_PAGE] if run else []
-    key = (image.task_id, image.map_index)
-    members = [other for other in others if (other.task_id, other.map_index) != key]
-    results.attach_sidecars([image, *members])
-    results.link_sources([image, *members])
 
 
 @router.get("/image", dependencies=[XComReadAccess])
@@ -260,14 +236,15 @@ def full_image(
     request: Request, ti: TaskInstanceDep, session: SessionDep, download: bool = False
 ) -> Response:
     """The full-size PNG, checked against the sha256 its task recorded."""
-    result = _result_or_error(session, ti)
-    etag = f'"{result["sha256"]}"'
-    headers = _image_headers(request, str(result["sha256"]), etag)
+    image = _image_or_error(session, ti)
+    sha256 = str(image.result["sha256"])
+    etag = f'"{sha256}"'
+    headers = _image_headers(request, sha256, etag)
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
-    png = _image_or_error(result)
+    png = _png_or_error(session, image)
     disposition = "attachment" if download else "inline"
-    headers["Content-Disposition"] = f'{disposition}; filename="{_file_name(result)}"'
+    headers["Content-Disposition"] = f'{disposition}; filename="{_file_name(image)}"'
     return Response(png, media_type="image/png", headers=headers)
 
 
@@ -278,8 +255,8 @@ def thumbnail(
     """A small JPEG of the image (at most 40 KB), made once per image and size and cached."""
     if size not in THUMBNAIL_SIZES:
         raise HTTPException(400, f"size must be one of {', '.join(map(str, THUMBNAIL_SIZES))}; got {size}")
-    result = _result_or_error(session, ti)
-    sha256 = str(result["sha256"])
+    image = _image_or_error(session, ti)
+    sha256 = str(image.result["sha256"])
     etag = f'"{sha256}-{size}"'
     headers = _image_headers(request, sha256, etag)
     if request.headers.get("if-none-match") == etag:
@@ -287,11 +264,13 @@ def thumbnail(
     cache = thumbnail_cache()
     jpeg = cache.get(sha256, size)
     if jpeg is None:
-        png = _image_or_error(result)
+        png = _png_or_error(session, image)
         try:
             jpeg = make_thumbnail(png, size)
         except ThumbnailsUnavailableError as exc:
             raise HTTPException(501, str(exc)) from None
+        except ThumbnailsBusyError as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
         except ValueError as exc:
             raise HTTPException(502, f"cannot make a thumbnail of {ti.label}: {exc}") from None
         cache.put(sha256, size, jpeg)
@@ -301,7 +280,7 @@ def thumbnail(
 @router.get("/sidecar", dependencies=[XComReadAccess])
 def sidecar(ti: TaskInstanceDep, session: SessionDep) -> JSONResponse:
     """The provenance sidecar written beside the image, as JSON."""
-    image = TaskImage(ti.dag_id, ti.run_id, ti.task_id, ti.map_index, _result_or_error(session, ti))
+    image = _image_or_error(session, ti)
     try:
         content = results.read_sidecar(image)
     except ImageUnavailableError as exc:
@@ -317,27 +296,26 @@ def _image_headers(request: Request, sha256: str, etag: str) -> dict[str, str]:
     return {"ETag": etag, "Cache-Control": cache_control, "X-Content-Type-Options": "nosniff"}
 
 
-def _result_or_error(session: Any, ti: TaskInstanceRef) -> dict[str, Any]:
+def _image_or_error(session: Any, ti: TaskInstanceRef) -> TaskImage:
     try:
-        return results.task_result(session, ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
+        return results.task_image(session, ti)
     except ImageUnavailableError as exc:
         raise HTTPException(exc.status, exc.message) from None
 
 
-def _image_or_error(result: dict[str, Any]) -> bytes:
+def _png_or_error(session: Any, image: TaskImage) -> bytes:
     try:
-        return results.read_image(result)
+        return results.read_image(session, image)
     except ImageUnavailableError as exc:
         raise HTTPException(exc.status, exc.message) from None
 
 
-def _file_name(result: dict[str, Any]) -> str:
+def _file_name(image: TaskImage) -> str:
     """The PNG's own file name when it is a safe header value, else one made of its sha256."""
-    uri = result.get("uri")
-    name = uri.rsplit("/", 1)[-1] if isinstance(uri, str) and uri else ""
+    name = image.uri.rsplit("/", 1)[-1] if image.uri else ""
     if re.fullmatch(r"[A-Za-z0-9._-]{1,200}\.png", name):
         return name
-    return f"mai-{str(result['sha256'])[:16]}.png"
+    return f"mai-{image.version}.png"
 
 
 def _wants_html(request: Request) -> bool:

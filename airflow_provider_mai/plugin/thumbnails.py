@@ -16,14 +16,26 @@ from collections import OrderedDict
 MAX_THUMBNAIL_BYTES = 40 * 1024
 #: JPEG qualities tried in turn until the thumbnail fits ``MAX_THUMBNAIL_BYTES``.
 QUALITIES = (82, 72, 62, 50, 38)
-#: Largest image (pixels) the plugin decodes; MAI images are about one megapixel.
-MAX_SOURCE_PIXELS = 40_000_000
+#: Largest image (pixels) the plugin decodes: MAI images are at most one megapixel.
+MAX_SOURCE_PIXELS = 4_000_000
+#: The only formats decoded: the service answers PNG (JPEG for inputs). Pillow would otherwise try
+#: every format it knows on bytes a task put in XCom (EPS even runs Ghostscript).
+SOURCE_FORMATS = ("PNG", "JPEG")
+#: Thumbnails made at once in one api-server process (each decode holds up to ~16 MB), and how
+#: long a request waits for its turn before it is told to come back.
+MAX_CONCURRENT_DECODES = 2
+DECODE_WAIT_SECONDS = 30.0
+_decodes = threading.BoundedSemaphore(MAX_CONCURRENT_DECODES)
 #: Default bound of the memory cache (~2,500 thumbnails of 320 px); ``[mai] ui_thumbnail_cache_mb``.
 DEFAULT_CACHE_MB = 32
 
 
 class ThumbnailsUnavailableError(RuntimeError):
     """Pillow is not installed in the api-server."""
+
+
+class ThumbnailsBusyError(RuntimeError):
+    """Every decoding slot stayed taken for the whole wait: ask again shortly."""
 
 
 def pillow_available() -> bool:
@@ -33,26 +45,43 @@ def pillow_available() -> bool:
     return importlib.util.find_spec("PIL") is not None
 
 
-def make_thumbnail(png: bytes, size: int) -> bytes:
+def make_thumbnail(png: bytes, size: int, *, wait: float = DECODE_WAIT_SECONDS) -> bytes:
     """A JPEG at most ``size`` pixels on its longest side and at most ``MAX_THUMBNAIL_BYTES``.
 
+    At most ``MAX_CONCURRENT_DECODES`` are made at once in the process.
+
+    :param wait: how long to wait (seconds) for a decoding slot.
     :raises ThumbnailsUnavailableError: without Pillow.
-    :raises ValueError: when ``png`` is not an image Pillow can read, or is unreasonably large.
+    :raises ThumbnailsBusyError: when no decoding slot was free within ``wait``.
+    :raises ValueError: when ``png`` is not a PNG or JPEG Pillow can read, or is too large.
     """
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError:
+    if not pillow_available():
         raise ThumbnailsUnavailableError(
             'thumbnails need Pillow in the api-server: pip install "airflow-provider-mai[ui]"'
-        ) from None
+        )
+    if not _decodes.acquire(timeout=wait):
+        raise ThumbnailsBusyError(
+            f"{MAX_CONCURRENT_DECODES} thumbnails are being made already: try again shortly"
+        )
+    try:
+        return _thumbnail(png, size)
+    finally:
+        _decodes.release()
+
+
+def _thumbnail(png: bytes, size: int) -> bytes:
+    from PIL import Image, UnidentifiedImageError
+
     image: Image.Image
     try:
-        image = Image.open(io.BytesIO(png))
+        image = Image.open(io.BytesIO(png), formats=SOURCE_FORMATS)
         if image.width * image.height > MAX_SOURCE_PIXELS:
             raise ValueError(f"the image is {image.width}x{image.height}: too large to make a thumbnail")
         image.draft("RGB", (size, size))  # JPEG sources decode at a reduced scale; PNGs ignore it
         image.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+    except UnidentifiedImageError:
+        raise ValueError("not a readable image: only PNG and JPEG are decoded") from None
+    except (OSError, Image.DecompressionBombError) as exc:
         raise ValueError(f"not a readable image: {exc}") from None
     if image.mode in ("RGBA", "LA", "P", "PA"):
         rgba = image.convert("RGBA")
