@@ -236,12 +236,9 @@ def full_image(
     request: Request, ti: TaskInstanceDep, session: SessionDep, download: bool = False
 ) -> Response:
     """The full-size PNG, checked against the sha256 its task recorded."""
-    image = _image_or_error(session, ti)
-    sha256 = str(image.result["sha256"])
-    etag = f'"{sha256}"'
-    headers = _image_headers(request, sha256, etag)
-    if request.headers.get("if-none-match") == etag:
-        return Response(status_code=304, headers=headers)
+    image, headers, not_modified = _image_versioned(request, session, ti)
+    if not_modified is not None:
+        return not_modified
     png = _png_or_error(session, image)
     disposition = "attachment" if download else "inline"
     headers["Content-Disposition"] = f'{disposition}; filename="{_file_name(image)}"'
@@ -255,12 +252,10 @@ def thumbnail(
     """A small JPEG of the image (at most 40 KB), made once per image and size and cached."""
     if size not in THUMBNAIL_SIZES:
         raise HTTPException(400, f"size must be one of {', '.join(map(str, THUMBNAIL_SIZES))}; got {size}")
-    image = _image_or_error(session, ti)
+    image, headers, not_modified = _image_versioned(request, session, ti, variant=f"-{size}")
+    if not_modified is not None:
+        return not_modified
     sha256 = str(image.result["sha256"])
-    etag = f'"{sha256}-{size}"'
-    headers = _image_headers(request, sha256, etag)
-    if request.headers.get("if-none-match") == etag:
-        return Response(status_code=304, headers=headers)
     cache = thumbnail_cache()
     jpeg = cache.get(sha256, size)
     if jpeg is None:
@@ -288,6 +283,20 @@ def sidecar(ti: TaskInstanceDep, session: SessionDep) -> JSONResponse:
     if content is None:
         raise HTTPException(404, f"{ti.label} kept its image in XCom (no output_path), so it has no sidecar")
     return JSONResponse(content, headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
+
+
+def _image_versioned(
+    request: Request, session: Any, ti: TaskInstanceRef, variant: str = ""
+) -> tuple[TaskImage, dict[str, str], Response | None]:
+    """The task's image, the caching headers of this version of it (``variant``: e.g. a thumbnail
+    size), and a 304 answer when the browser already holds that version."""
+    image = _image_or_error(session, ti)
+    sha256 = str(image.result["sha256"])
+    etag = f'"{sha256}{variant}"'
+    headers = _image_headers(request, sha256, etag)
+    if request.headers.get("if-none-match") == etag:
+        return image, headers, Response(status_code=304, headers=headers)
+    return image, headers, None
 
 
 def _image_headers(request: Request, sha256: str, etag: str) -> dict[str, str]:
