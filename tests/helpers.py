@@ -83,7 +83,7 @@ def reserve_pacing_slots(state_dir: str, rpm: float, count: int, queue) -> None:
     """In a child process: take ``count`` send slots and report their wall-clock times."""
     import time
 
-    from airflow_provider_mai.pacing import RequestPacer
+    from airflow_provider_mai.client.pacing.file_schedule import RequestPacer
 
     seen: list[float] = []
 
@@ -103,7 +103,7 @@ def reserve_redis_pacing_slots(redis_url: str, rpm: float, count: int, queue) ->
     """In a child process: take ``count`` send slots from Redis and report their wall-clock times."""
     import time
 
-    from airflow_provider_mai.pacing_redis import RedisRequestPacer
+    from airflow_provider_mai.client.pacing.redis_schedule import RedisRequestPacer
 
     pacer = RedisRequestPacer("shared", rpm, redis_url)
     slots = []

@@ -9,7 +9,7 @@ import pytest
 from azure.core.credentials import AccessToken
 
 from airflow_provider_mai.api import ENTRA_SCOPE
-from airflow_provider_mai.auth import build_credential
+from airflow_provider_mai.client.auth import build_credential
 from airflow_provider_mai.emulator import Fault
 from airflow_provider_mai.exceptions import MaiAuthenticationError, MaiConfigurationError
 from airflow_provider_mai.hooks.mai import MaiHook

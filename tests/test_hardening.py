@@ -49,7 +49,8 @@ def test_a_key_that_cannot_be_a_header_is_refused_without_echoing_it(connect, em
 def test_transport_errors_never_quote_header_values():
     import requests
 
-    from airflow_provider_mai.transport import TransportError, exchange, new_session
+    from airflow_provider_mai.client.transport import TransportError
+    from airflow_provider_mai.client.transport.sync import exchange, new_session
 
     with pytest.raises(TransportError) as info:
         exchange(

@@ -25,7 +25,7 @@ from airflow_provider_mai.exceptions import (
     MaiValidationError,
 )
 from airflow_provider_mai.hooks.mai import MaiHook, MaiImage
-from airflow_provider_mai.settings import normalise_endpoint
+from airflow_provider_mai.client.settings import normalise_endpoint
 from airflow_provider_mai.validation import png_size
 from tests.conftest import API_KEY
 from tests.helpers import SleepRecorder, make_jpeg, make_png

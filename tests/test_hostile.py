@@ -288,7 +288,7 @@ def test_every_answer_stays_inside_the_deadline_even_when_the_server_never_answe
 def _call_in_child(url: str, queue) -> None:  # type: ignore[no-untyped-def]
     from airflow_provider_mai.client import MaiClient
     from airflow_provider_mai.models import GenerateRequest
-    from airflow_provider_mai.settings import MaiSettings
+    from airflow_provider_mai.client.settings import MaiSettings
 
     settings = MaiSettings.from_connection(
         "child", host=url, password="k", extra={"timeout": 1, "max_retries": 0}
@@ -337,7 +337,7 @@ def test_the_deadline_holds_when_name_resolution_eats_it(connect, monkeypatch):
 
 
 def test_the_deadline_queue_stays_bounded_however_many_calls_finish(connect, emulator):
-    from airflow_provider_mai import transport
+    from airflow_provider_mai.client.transport import sync as transport
 
     hook = MaiHook(connect(extra={"timeout": 3600}))  # deadlines far away: nothing expires meanwhile
     for i in range(transport._COMPACT_AT + 40):

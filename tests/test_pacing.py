@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_mai.hooks.mai import MaiHook
-from airflow_provider_mai.pacing import SAFETY_MARGIN, PacingStateError, RequestPacer
+from airflow_provider_mai.client.pacing.file_schedule import SAFETY_MARGIN, PacingStateError, RequestPacer
 from tests.helpers import reserve_pacing_slots, slots_taken_by_processes, waits_of_two_generations
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from airflow_provider_mai.exceptions import MaiConfigurationError
 from airflow_provider_mai.hooks.mai import MaiHook
-from airflow_provider_mai.pacing import SAFETY_MARGIN
+from airflow_provider_mai.client.pacing.file_schedule import SAFETY_MARGIN
 from tests.helpers import reserve_redis_pacing_slots, slots_taken_by_processes, waits_of_two_generations
 from tests.servers import free_port, redis_server, unavailable
 
@@ -42,7 +42,7 @@ def redis_client(redis_url: str):  # type: ignore[no-untyped-def]
 
 
 def pacer(key: str, rpm: float, url: str, **kwargs):  # type: ignore[no-untyped-def]
-    from airflow_provider_mai.pacing_redis import RedisRequestPacer
+    from airflow_provider_mai.client.pacing.redis_schedule import RedisRequestPacer
 
     return RedisRequestPacer(key, rpm, url, **kwargs)
 
@@ -76,7 +76,7 @@ def test_separate_processes_never_get_the_same_slot(redis_url, redis_client):
 
 
 def test_waits_are_bounded_and_an_overfull_schedule_is_not_extended(redis_url, redis_client, caplog):
-    from airflow_provider_mai.pacing import max_wait_seconds
+    from airflow_provider_mai.client.pacing.file_schedule import max_wait_seconds
 
     slow = pacer("e|slow", 2, redis_url)  # a slot every 30.3 s; bound: 4 slots = 121.2 s
     assert max_wait_seconds(2) == pytest.approx(4 * 30 * SAFETY_MARGIN)
@@ -114,7 +114,7 @@ def test_a_wrong_password_is_logged_without_the_password(redis_url, caplog):
 
 
 def test_redis_url_from_connection_fields():
-    from airflow_provider_mai.pacing_redis import redis_url
+    from airflow_provider_mai.client.pacing.redis_schedule import redis_url
 
     assert redis_url("10.0.0.5", 6380, password="p@ss/w:rd", extra={"db": "2"}) == (
         "redis://:p%40ss%2Fw%3Ard@10.0.0.5:6380/2"

@@ -569,7 +569,7 @@ def test_importing_the_plugin_is_cheap_and_builds_no_app():
 def test_extra_link_opens_the_task_instance_tab_relative_to_the_ui():
     from airflow_provider_mai.links import MaiImageLink
     from airflow_provider_mai.operators.mai import MaiEditImageOperator, MaiGenerateImageOperator
-    from airflow_provider_mai.plugin.results import LINK_XCOM_KEY
+    from airflow_provider_mai.plugin.trust import LINK_XCOM_KEY
 
     for operator in (MaiGenerateImageOperator, MaiEditImageOperator):
         assert [link.name for link in operator.operator_extra_links] == ["MAI image"]

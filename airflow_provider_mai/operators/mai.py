@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
     from airflow_provider_mai.hooks.mai import MaiHook
+    from airflow_provider_mai.inputs import ImageSource
     from airflow_provider_mai.models import EditRequest, GenerateRequest, ImageRecord, ImageRequest
-    from airflow_provider_mai.storage import ImageSource
 
 
 def is_literal(value: Any) -> bool:

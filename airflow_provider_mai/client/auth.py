@@ -17,7 +17,7 @@ from airflow_provider_mai.exceptions import MaiConfigurationError
 if TYPE_CHECKING:
     from azure.core.credentials import AccessToken, TokenCredential
 
-    from airflow_provider_mai.settings import MaiSettings
+    from airflow_provider_mai.client.settings import MaiSettings
 
 #: Fetch a new Entra token this long before the cached one expires.
 TOKEN_REFRESH_MARGIN = 300.0

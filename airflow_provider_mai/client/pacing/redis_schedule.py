@@ -1,11 +1,11 @@
 """Request pacing held in Redis, so that one deployment's quota is shared by every worker host.
 
-:mod:`airflow_provider_mai.pacing` keeps the send-slot schedule in a locked file: every task of one
-host shares it, other hosts do not. A Celery deployment already runs a Redis that every worker
-reaches; with the connection extra ``rpm_redis_conn_id`` (an Airflow connection of type ``redis``)
-the schedule lives there instead: one key per endpoint and deployment, and every request takes
-its slot in one atomic step, a small Lua script run by the server. The slots are reckoned on the
-server's clock, so the workers' clocks need not agree.
+:mod:`~airflow_provider_mai.client.pacing.file_schedule` keeps the send-slot schedule in a locked
+file: every task of one host shares it, other hosts do not. A Celery deployment already runs a
+Redis that every worker reaches; with the connection extra ``rpm_redis_conn_id`` (an Airflow
+connection of type ``redis``) the schedule lives there instead: one key per endpoint and
+deployment, and every request takes its slot in one atomic step, a small Lua script run by the
+server. The slots are reckoned on the server's clock, so the workers' clocks need not agree.
 
 Pacing never costs an image: when Redis cannot be reached, the error is logged once, requests go
 out unpaced for a while (:data:`RETRY_REDIS_AFTER`) and the hook's 429 handling (Retry-After,
@@ -24,8 +24,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from airflow_provider_mai.client.pacing.file_schedule import SAFETY_MARGIN, max_wait_seconds
 from airflow_provider_mai.exceptions import MaiConfigurationError
-from airflow_provider_mai.pacing import SAFETY_MARGIN, max_wait_seconds
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def _address(url: str) -> str:
 
 class RedisRequestPacer:
     """The send-slot schedule of one deployment, held in Redis (same interface as
-    :class:`~airflow_provider_mai.pacing.RequestPacer`).
+    :class:`~airflow_provider_mai.client.pacing.file_schedule.RequestPacer`).
 
     :param key: what identifies the quota: the endpoint and the deployment.
     :param rpm: the quota in requests per minute.

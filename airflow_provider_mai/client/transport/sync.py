@@ -12,7 +12,8 @@
 - **Errors carry no transport text**: exception messages of the HTTP stack can quote header values
   (the API key); :class:`TransportError` names only what happened.
 
-No Airflow and no MAI semantics here: :mod:`airflow_provider_mai.client` gives the answers meaning.
+No Airflow and no MAI semantics here: :mod:`airflow_provider_mai.client.answers` gives the answers
+meaning; :mod:`.body` holds the body rules this transport shares with the async one.
 """
 
 from __future__ import annotations
@@ -24,9 +25,7 @@ import os
 import socket
 import threading
 import time
-import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -35,45 +34,16 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-#: Bytes read from the socket at a time.
-READ_CHUNK = 1 << 20
-#: Error answers are read up to this many bytes: enough for any message worth quoting.
-MAX_ERROR_BODY = 64 * 1024
-#: Encodings we can decompress with a bound (brotli or zstd are never asked for).
-ACCEPT_ENCODING = "gzip, deflate"
+from airflow_provider_mai.client.transport import (
+    ACCEPT_ENCODING,
+    MAX_ERROR_BODY,
+    READ_CHUNK,
+    Answer,
+    TransportError,
+)
+from airflow_provider_mai.client.transport.body import BodyReader, cut_off
 
 _current = threading.local()
-
-
-class TransportError(Exception):
-    """No usable answer arrived. The message names what happened, never what the stack said.
-
-    :param reason: what happened, in our words (no header values, no server text).
-    :param sent: the request had gone out in full (the service may have acted on it).
-    :param kind: ``"connect"`` (no connection), ``"timeout"`` (the deadline passed), ``"dropped"``
-        (the connection broke), ``"tls"`` (certificate verification), ``"invalid"`` (the request
-        could not be built), ``"too_large"`` or ``"broken"`` (the answer breaks our bounds or HTTP).
-    """
-
-    def __init__(self, reason: str, *, sent: bool, kind: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.sent = sent
-        self.kind = kind
-
-
-@dataclass
-class Answer:
-    """A complete HTTP answer: status, headers and the whole (decompressed, bounded) body."""
-
-    status: int
-    headers: Mapping[str, str]
-    body: bytes | bytearray
-
-    def take_body(self) -> bytes | bytearray:
-        """Hand the body over and forget it, so its new owner can free it early."""
-        body, self.body = self.body, b""
-        return body
 
 
 class _Attempt:
@@ -355,56 +325,6 @@ def _caused_by(exc: BaseException, *kinds: type[BaseException]) -> bool:
     return False
 
 
-def content_length(headers: Mapping[str, str]) -> int | None:
-    """The announced body length, or None; a value that is not plain ASCII digits is broken HTTP."""
-    text = headers.get("content-length")
-    if text is None:
-        return None
-    text = text.strip()
-    if not text or len(text) > 19 or not text.isascii() or not text.isdigit():
-        raise TransportError("the answer's Content-Length is not a number", sent=True, kind="broken")
-    return int(text)
-
-
-def _decoder(encoding: str) -> Any:
-    if encoding in ("gzip", "x-gzip"):
-        return zlib.decompressobj(16 + zlib.MAX_WBITS)
-    if encoding == "deflate":
-        return _DeflateDecoder()
-    if encoding in ("", "identity"):
-        return None
-    raise TransportError("the answer uses a content encoding we did not ask for", sent=True, kind="broken")
-
-
-class _DeflateDecoder:
-    """``deflate`` as servers send it: zlib-wrapped per the RFC, or raw (a common mistake)."""
-
-    def __init__(self) -> None:
-        self._inner = zlib.decompressobj()
-        self._first = True
-
-    @property
-    def unconsumed_tail(self) -> bytes:
-        return self._inner.unconsumed_tail
-
-    def decompress(self, data: bytes, max_length: int) -> bytes:
-        if self._first:
-            self._first = False
-            try:
-                return self._inner.decompress(data, max_length)
-            except zlib.error:
-                self._inner = zlib.decompressobj(-zlib.MAX_WBITS)
-        return self._inner.decompress(data, max_length)
-
-
-def _too_large(limit: int) -> TransportError:
-    return TransportError(
-        f"the answer is larger than {limit:,} bytes (the connection's max_response_mb)",
-        sent=True,
-        kind="too_large",
-    )
-
-
 def _read_body(
     response: requests.Response, attempt: _Attempt, limit: int, *, cut_at_limit: bool
 ) -> tuple[bytes | bytearray, bool]:
@@ -415,17 +335,14 @@ def _read_body(
     length was checked: no list of chunks joined into a second copy.
     """
     raw = response.raw
-    length = content_length(response.headers)
-    decoder = _decoder((response.headers.get("content-encoding") or "").strip().lower())
-    if length is not None and length > limit and not cut_at_limit:
-        raise _too_large(limit)
-    body = bytearray()
-    if decoder is None and length is not None:
-        body = bytearray(min(length, limit))
+    reader = BodyReader(response.headers, limit, cut_at_limit=cut_at_limit)
+    size = reader.fixed_size
+    if size is not None:
+        body = bytearray(size)
         view = memoryview(body)
         filled = 0
         try:
-            while filled < len(body):
+            while filled < size:
                 attempt.check()
                 count = raw.readinto(view[filled : filled + READ_CHUNK])
                 if not count:
@@ -433,32 +350,18 @@ def _read_body(
                 filled += count
         finally:
             view.release()
-        if filled < len(body):
+        if filled < size:
             if attempt.expired:
                 raise TransportError(
                     "the answer did not arrive within the deadline", sent=True, kind="timeout"
                 )
-            raise TransportError(
-                f"the answer was cut off after {filled:,} of {length:,} bytes", sent=True, kind="dropped"
-            )
-        return body, filled == length
+            raise cut_off(filled, reader.length or 0)
+        return body, filled == reader.length
     while True:
         attempt.check()
         chunk = raw.read(READ_CHUNK, decode_content=False)
-        if not chunk:
+        if not chunk or reader.feed(chunk):
             break
-        if decoder is None:
-            body += chunk
-        else:
-            # Inflate in steps that can never exceed the limit by more than one byte.
-            body += decoder.decompress(chunk, limit - len(body) + 1)
-            while decoder.unconsumed_tail and len(body) <= limit:
-                body += decoder.decompress(decoder.unconsumed_tail, limit - len(body) + 1)
-        if len(body) > limit:
-            if cut_at_limit:
-                del body[limit:]
-                return body, False
-            raise _too_large(limit)
     if attempt.expired:
         raise attempt.timed_out()
-    return body, True
+    return reader.finish()
