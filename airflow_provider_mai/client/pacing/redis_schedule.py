@@ -38,9 +38,10 @@ REDIS_TIMEOUT = 2.0
 RETRY_REDIS_AFTER = 30.0
 
 # KEYS[1]: the schedule key. ARGV[1]: seconds between slots. ARGV[2]: the longest wait handed out.
-# Returns {wait in seconds, 1 if a slot was taken else 0}, as strings (Lua numbers would be
-# truncated to integers on the way back). The key holds the next free slot, on the server's clock,
-# and expires a minute after that slot: an idle deployment leaves nothing behind.
+# Returns {wait in seconds, 1 if a slot was taken else 0, the slot on the server's clock}, as
+# strings (Lua numbers would be truncated to integers on the way back). The key holds the next free
+# slot, on the server's clock, and expires a minute after that slot: an idle deployment leaves
+# nothing behind.
 _RESERVE_SCRIPT = """
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
@@ -49,11 +50,11 @@ local max_wait = tonumber(ARGV[2])
 local next_free = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
 local slot = math.max(now, next_free)
 if slot - now > max_wait then
-  return {string.format('%.6f', max_wait), '0'}
+  return {string.format('%.6f', max_wait), '0', string.format('%.6f', now + max_wait)}
 end
 local ttl_ms = math.ceil((slot + interval - now + 60) * 1000)
 redis.call('SET', KEYS[1], string.format('%.6f', slot + interval), 'PX', ttl_ms)
-return {string.format('%.6f', slot - now), '1'}
+return {string.format('%.6f', slot - now), '1', string.format('%.6f', slot)}
 """
 
 
@@ -148,6 +149,10 @@ class RedisRequestPacer:
         self.address = _address(redis_url)
         self._clock = clock
         self._unpaced_until: float | None = None
+        #: The last slot taken, in seconds on the Redis server's clock (None before the first, or
+        #: when Redis did not answer): what the schedule guarantees is that these are distinct and
+        #: at least ``interval`` apart, whatever the clients' clocks say.
+        self.last_slot: float | None = None
         client = redis.Redis.from_url(
             redis_url,
             socket_connect_timeout=timeout,
@@ -170,8 +175,11 @@ class RedisRequestPacer:
         if self._unpaced_until is not None and self._clock() < self._unpaced_until:
             return 0.0
         try:
-            wait_text, taken = self._script(keys=[self.redis_key], args=[self.interval, self.max_wait])
+            wait_text, taken, slot_text = self._script(
+                keys=[self.redis_key], args=[self.interval, self.max_wait]
+            )
             wait = float(wait_text)
+            self.last_slot = float(slot_text) if taken == "1" else None
         except self._errors as exc:
             if self._unpaced_until is None:
                 log.error(
