@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_mai.exceptions import MaiConfigurationError, MaiOutputExistsError
+from airflow_provider_mai.validation import check_png_name
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -28,14 +29,9 @@ if TYPE_CHECKING:
     from airflow_provider_mai.models import ImageRecord, ImageRequest
 
 SIDECAR_SUFFIX = ".json"
-IF_EXISTS_CHOICES = ("overwrite", "skip", "fail")
-#: How an operator names its PNG in a folder: per run (each run its own image), or per request
-#: (the same request always lands at the same path, so ``if_exists="skip"`` reuses it anywhere).
-NAMING_CHOICES = ("run", "request")
 #: Names the operator makes stay under this many bytes, leaving room for the temporary suffixes
 #: (``.<name>.<12 hex>.tmp``) within the 255 bytes most file systems allow.
 MAX_FILE_NAME_BYTES = 200
-_NAME_LIMIT = 255 - len("..0123456789ab.probe")
 #: Object stores whose fsspec file system refuses a put over an existing object (``mode="create"``).
 _EXCLUSIVE_PUT_PROTOCOLS = frozenset({"s3", "s3a", "abfs", "abfss", "az"})
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -118,19 +114,6 @@ def resolve_output_path(
 def sidecar_path(png_path: ObjectStoragePath) -> ObjectStoragePath:
     """Where the provenance JSON of a PNG lives: beside it, ``<name>.json``."""
     return png_path.parent / (png_path.stem + SIDECAR_SUFFIX)
-
-
-def check_png_name(name: str, shown: str) -> None:
-    """The file name of an output must end in ``.png`` and fit a file system's 255 bytes."""
-    if not name.lower().endswith(".png"):
-        raise MaiConfigurationError(
-            f"output_path {shown} must name a .png file (or end with '/' to name a folder): the "
-            "service always answers PNG, and the provenance sidecar takes the .json name beside it"
-        )
-    if len(name.encode()) > _NAME_LIMIT:
-        raise MaiConfigurationError(
-            f"output_path's file name is {len(name.encode())} bytes long; at most {_NAME_LIMIT} fit"
-        )
 
 
 def check_output(path: ObjectStoragePath) -> None:
