@@ -3,11 +3,11 @@
 # emulator), everything on 127.0.0.1:
 #   bash scripts/stack.sh up | status [--json] | trigger DAG_ID [CONF_JSON] | down [--purge]
 # `up` first installs the provider with its `stack` extra into the project's virtualenv (.venv).
-# Details: scripts/stack.py, and README "Run it like production".
+# Details: scripts/stack/ (python -m stack), and README "Run it like production".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
 if [ "${1:-}" = "up" ] || [ ! -x "$VENV/bin/python" ]; then
   ensure_venv ".[stack]"
 fi
-exec "$VENV/bin/python" scripts/stack.py "$@"
+PYTHONPATH="$PWD/scripts${PYTHONPATH:+:$PYTHONPATH}" exec "$VENV/bin/python" -m stack "$@"

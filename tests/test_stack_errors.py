@@ -1,4 +1,4 @@
-"""scripts/stack.py's errors, without a stack: each says what to install, which setting, which log."""
+"""scripts/stack/'s errors, without a stack: each says what to install, which setting, which log."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-import stack as stack_script  # noqa: E402  (scripts/stack.py)
+from stack import cli, config, services, state  # noqa: E402  (scripts/stack/)
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> stack_script.Stack:
-    return stack_script.Stack(tmp_path / "state")
+def stack(tmp_path: Path) -> state.Stack:
+    return state.Stack(tmp_path / "state")
 
 
 @pytest.mark.parametrize(
@@ -26,13 +26,11 @@ def stack(tmp_path: Path) -> stack_script.Stack:
     ],
 )
 def test_a_missing_program_names_the_package(monkeypatch, tmp_path, missing, advice):
-    real_which = stack_script.shutil.which
-    monkeypatch.setattr(
-        stack_script.shutil, "which", lambda name: None if name == missing else real_which(name)
-    )
-    monkeypatch.setattr(stack_script, "POSTGRES_LIB", tmp_path)  # no Debian PostgreSQL there either
-    with pytest.raises(stack_script.StackError, match=advice):
-        stack_script.check_prerequisites()
+    real_which = services.shutil.which
+    monkeypatch.setattr(services.shutil, "which", lambda name: None if name == missing else real_which(name))
+    monkeypatch.setattr(services, "POSTGRES_LIB", tmp_path)  # no Debian PostgreSQL there either
+    with pytest.raises(config.StackError, match=advice):
+        services.check_prerequisites()
 
 
 def test_a_chosen_port_that_is_busy_is_refused(stack, monkeypatch):
@@ -41,7 +39,7 @@ def test_a_chosen_port_that_is_busy_is_refused(stack, monkeypatch):
         busy.listen()
         port = busy.getsockname()[1]
         monkeypatch.setenv("MAI_STACK_API_PORT", str(port))
-        with pytest.raises(stack_script.StackError, match=rf"port {port} \(MAI_STACK_API_PORT, for api\)"):
+        with pytest.raises(config.StackError, match=rf"port {port} \(MAI_STACK_API_PORT, for api\)"):
             stack.prepare()
 
 
@@ -60,7 +58,7 @@ def test_a_component_that_exits_names_its_log(stack):
     stack.prepare()
     command = [sys.executable, "-c", "print('cannot bind: address in use'); raise SystemExit(3)"]
     stack.start("scheduler", command, {})
-    with pytest.raises(stack_script.StackError) as error:
+    with pytest.raises(config.StackError) as error:
         stack.wait_healthy("scheduler", 30, lambda: "not yet")
     message = str(error.value)
     assert "scheduler did not start (it exited)" in message
@@ -73,17 +71,17 @@ def test_a_component_that_stays_unhealthy_names_its_log(stack):
     stack.start("emulator", [sys.executable, "-c", "import time; time.sleep(30)"], {})
     try:
         with pytest.raises(
-            stack_script.StackError, match=r"emulator did not start \(not healthy within 1 s: nope\)"
+            config.StackError, match=r"emulator did not start \(not healthy within 1 s: nope\)"
         ):
             stack.wait_healthy("emulator", 1, lambda: "nope")
     finally:
-        stack_script.down(purge=False, stack=stack)
+        cli.down(purge=False, stack=stack)
     assert stack.running("emulator") is None
 
 
 def test_commands_on_a_stack_that_is_not_up(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(stack_script, "STATE_DIR", tmp_path / "none")
-    assert stack_script.main(["status"]) == 1
+    monkeypatch.setattr(state, "STATE_DIR", tmp_path / "none")
+    assert cli.main(["status"]) == 1
     assert "not up" in capsys.readouterr().out
-    assert stack_script.main(["trigger", "mai_product_batch"]) == 2
+    assert cli.main(["trigger", "mai_product_batch"]) == 2
     assert "the stack is not up: bash scripts/stack.sh up" in capsys.readouterr().err
