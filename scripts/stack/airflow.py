@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 from .config import (
@@ -15,15 +15,15 @@ from .config import (
     LOOPBACK,
     PACING_REDIS_CONN,
     POOL,
-    ROOT,
     WORKERS,
     StackError,
     python_path,
     setting,
 )
-from .processes import run_logged, wait_until
+from .processes import Process, run_logged, wait_until
 from .services import check_http, check_postgres, check_redis
 from .state import Stack
+from .user import STACK_DAG_FOLDERS, USER_BUNDLE, DagsChoice, dag_files
 
 #: Settings that make a lost worker cost seconds, not the defaults' ten minutes (see README).
 FAILURE_DETECTION = {
@@ -38,18 +38,37 @@ FAILURE_DETECTION = {
     "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "120",
     "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "15",
 }
+#: Settings for many task starts at once on a small machine (see README, "A burst of task starts").
+BURST_TOLERANCE = {
+    # Each call a task's supervisor makes to the execution API (mark the try running, heartbeats,
+    # XComs, the end state) gives up after this long (default 5 s), then is retried ([workers]
+    # execution_api_retries, 5). A start call that times out after it landed is retried into "already
+    # running" and the try fails before it ran. 20 s stays under the 30 s heartbeat timeout above.
+    "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "20",
+}
+#: Settings that make a DAG file you add or change show up in seconds (see README).
+DAG_PARSING = {
+    # A DAG bundle is listed for new and deleted files every refresh_interval seconds (default
+    # 300: a new file waited up to five minutes), checked every bundle_refresh_check_interval (5).
+    "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+}
+#: The job that heartbeats for each scheduling component (``GET /api/v2/jobs?job_type=``).
+JOB_TYPES = {"scheduler": "SchedulerJob", "triggerer": "TriggererJob", "dag-processor": "DagProcessorJob"}
 
 
 def airflow_env(stack: Stack, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of every Airflow process: configuration by variables only."""
     s = stack.secrets
+    folders = dict(STACK_DAG_FOLDERS)
+    if stack.dags_folder is not None:
+        folders[USER_BUNDLE] = stack.dags_folder
     bundles = [
         {
             "name": name,
             "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
             "kwargs": {"path": str(path)},
         }
-        for name, path in (("examples", ROOT / "dags"), ("stack-tests", ROOT / "tests/stack/dags"))
+        for name, path in folders.items()
     ]
     # Nothing Airflow-related leaks in from the caller's shell (an AIRFLOW_CONN_MAI_DEFAULT
     # exported for the demo would shadow the stack's own connection).
@@ -60,7 +79,7 @@ def airflow_env(stack: Stack, extra: dict[str, str] | None = None) -> dict[str, 
         "PYTHONPATH": python_path(),
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(STACK_DAG_FOLDERS["examples"]),
         "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(bundles),
         "AIRFLOW__CORE__HOSTNAME_CALLABLE": "stack_hostname.hostname",
         "AIRFLOW__CORE__FERNET_KEY": s["fernet_key"],
@@ -81,6 +100,8 @@ def airflow_env(stack: Stack, extra: dict[str, str] | None = None) -> dict[str, 
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(stack.folder / "passwords.json"),
         **FAILURE_DETECTION,
+        **BURST_TOLERANCE,
+        **DAG_PARSING,
         "MAI_OUTPUT_BASE": str(stack.output),
         **(extra or {}),
     }
@@ -121,21 +142,32 @@ def migrate(stack: Stack) -> None:
     if stack.state.get("migrated") == version:
         return
     command = [sys.executable, "-m", "airflow", "db", "migrate"]
-    run_logged(command, "airflow db migrate", stack.log_file("migrate"), airflow_env(stack))
+    # From the state folder, as every component: a process started in the repository would find the
+    # editable install's egg-info there too, and load the provider's plugin twice.
+    run_logged(command, "airflow db migrate", stack.log_file("migrate"), airflow_env(stack), stack.folder)
     stack.state["migrated"] = version
     stack.save()
 
 
-def api_health(stack: Stack, component: str) -> str | None:
-    """The api-server's view of a component (``metadatabase``, ``scheduler``, ``triggerer``,
-    ``dag_processor``), from its public health endpoint."""
+def job_health(stack: Stack, name: str, process: Process) -> str | None:
+    """Whether the scheduler, triggerer or DAG processor we started reports: a running job of its
+    type, begun after this very process started, heartbeating within Airflow's threshold. (The
+    api-server's health page reports the newest heartbeat of *any* such job: a process killed a
+    moment ago still looks healthy there for up to 30 s, and so would its replacement before it
+    had started.)"""
+    since = datetime.fromtimestamp(process.started_at() - 1.0, timezone.utc)
     try:
-        with urllib.request.urlopen(f"{stack.api_url}/api/v2/monitor/health", timeout=3) as answer:
-            health = json.load(answer)
-    except (OSError, ValueError) as exc:
+        jobs = stack.api().get(
+            "/api/v2/jobs",
+            job_type=JOB_TYPES[name],
+            job_state="running",
+            start_date_gte=since.isoformat(),
+            is_alive="true",
+            limit=10,
+        )["jobs"]
+    except (OSError, ValueError, KeyError) as exc:  # HTTPError and URLError are OSErrors
         return f"the api-server does not answer ({type(exc).__name__})"
-    status = (health.get(component) or {}).get("status")
-    return None if status == "healthy" else f"the api-server reports {component} as {status}"
+    return None if jobs else f"no heartbeat from pid {process.pid} (the process we started)"
 
 
 def celery_ping(stack: Stack, workers: Iterable[str]) -> dict[str, bool]:
@@ -154,7 +186,13 @@ def celery_ping(stack: Stack, workers: Iterable[str]) -> dict[str, bool]:
 
 
 def component_health(stack: Stack, name: str) -> str | None:
-    """None when ``name`` is healthy, else why not."""
+    """None when ``name`` is healthy: the process we started is alive (same PID and start time,
+    not a zombie) *and* it does its job (answers, or heartbeats); else why not."""
+    process = stack.processes.get(name)
+    if process is None:
+        return "not started"
+    if not process.alive():
+        return f"not running (pid {process.pid} ended)"
     if name == "postgres":
         return check_postgres(stack)
     if name == "redis":
@@ -163,15 +201,25 @@ def component_health(stack: Stack, name: str) -> str | None:
         return check_http(f"{stack.emulator_url}/healthz")
     if name == "api-server":
         return check_http(f"{stack.api_url}/api/v2/version")
-    if name in ("scheduler", "triggerer", "dag-processor"):
-        return api_health(stack, name.replace("-", "_"))
+    if name in JOB_TYPES:
+        return job_health(stack, name, process)
     if name in WORKERS:
         return None if celery_ping(stack, [name])[name] else "no answer to a Celery ping"
     raise ValueError(name)
 
 
-def start_airflow(stack: Stack, within: float) -> None:
-    """Migrate, start the components that are not running, and wait until each is healthy."""
+def start_airflow(stack: Stack, within: float, dags: DagsChoice | None = None) -> None:
+    """Migrate, start the components that are not running, and wait until each is healthy. A DAG
+    folder other than the one the running components have restarts them (services stay up)."""
+    wanted = stack.dags_folder if dags is None else dags.folder
+    running = [name for name in Stack.AIRFLOW if stack.running(name)]
+    if wanted != stack.dags_folder and running:
+        print(
+            f"Restarting Airflow for the DAG folder {wanted or '(none: the examples only)'} ...", flush=True
+        )
+        stack.stop(running)
+    stack.state["dags_folder"] = str(wanted) if wanted else None
+    stack.save()
     migrate(stack)
     started = []
     for name, command in airflow_commands(stack).items():
@@ -184,22 +232,41 @@ def start_airflow(stack: Stack, within: float) -> None:
         stack.wait_healthy(name, within, lambda name=name: component_health(stack, name))
 
 
+#: The description of the connections the stack writes: a ``mai_default`` without it is the user's.
+STACK_CONNECTION = "The stack's MAI emulator (scripts/stack.sh up)"
+
+
 def mai_connection(stack: Stack, connection_id: str, emulator_url: str, **extra: Any) -> dict[str, Any]:
     """A ``mai`` connection (REST API form) to an emulator taking the stack's API key."""
     return {
         "connection_id": connection_id,
         "conn_type": "mai",
+        "description": STACK_CONNECTION,
         "host": emulator_url,
         "password": stack.secrets["api_key"],
         "extra": json.dumps({"deployment": "mai-image-2-5", **extra}),
     }
 
 
-def configure(stack: Stack, within: float) -> None:
-    """The ``mai_default`` connection (to the emulator), the pacing Redis connection, the pool;
-    then wait until the example DAGs are parsed."""
+def default_connection(stack: Stack) -> dict[str, Any]:
+    """``mai_default``: the stack's emulator, paced to its quota across both workers (``rpm`` as the
+    emulator enforces it, the schedule in the stack's Redis)."""
+    rpm = stack.state.get("emulator_rpm")
+    pacing = {"rpm": rpm, "rpm_redis_conn_id": PACING_REDIS_CONN} if rpm else {}
+    return mai_connection(stack, "mai_default", stack.emulator_url, **pacing)
+
+
+def configure(stack: Stack, within: float, connections: Sequence[dict[str, Any]] = ()) -> list[str]:
+    """The connections (``mai_default`` to the emulator unless the user has their own, the pacing
+    Redis connection, the user's), the pool; then wait until the DAGs are parsed. Lines to print."""
     api = stack.api()
-    api.put_connection(mai_connection(stack, "mai_default", stack.emulator_url))
+    notes = []
+    mine = {c["connection_id"] for c in connections}
+    current = api.get_or_none("/api/v2/connections/mai_default")
+    if "mai_default" not in mine and current is not None and current.get("description") != STACK_CONNECTION:
+        notes.append("mai_default is yours (not the stack's emulator): kept")
+    else:
+        api.put_connection(default_connection(stack))
     api.put_connection(
         {
             "connection_id": PACING_REDIS_CONN,
@@ -210,6 +277,10 @@ def configure(stack: Stack, within: float) -> None:
             "extra": json.dumps({"db": 1}),
         }
     )
+    for connection in connections:
+        api.put_connection(connection)
+    if mine:
+        notes.append(f"your connections: {', '.join(sorted(mine))}")
     slots = int(setting("POOL_SLOTS", "6"))
     api.put_pool(POOL, slots, "MAI image deployment quota (stack: scaled latency)")
 
@@ -220,3 +291,34 @@ def configure(stack: Stack, within: float) -> None:
     reason = wait_until(parsed, within, interval=1.0)
     if reason:
         raise StackError(f"{reason}. Read {stack.log_file('dag-processor')} and {stack.home / 'logs'}")
+    if stack.dags_folder is not None:
+        notes += user_dags_parsed(stack, min(within, 90.0))
+    return notes
+
+
+def user_dags_parsed(stack: Stack, within: float) -> list[str]:
+    """Wait (bounded) until every file of the user's folder that may hold a DAG has its DAGs or its
+    import error on record; what was found, to print."""
+    api, folder = stack.api(), stack.dags_folder
+    assert folder is not None
+    files = dag_files(folder)
+    dags: dict[str, list[str]] = {}
+    errors: dict[str, str] = {}
+
+    def accounted() -> str | None:
+        dags.clear()
+        errors.clear()
+        for dag in api.pages("/api/v2/dags", "dags", bundle_name=USER_BUNDLE):
+            dags.setdefault(dag["relative_fileloc"], []).append(dag["dag_id"])
+        for error in api.pages("/api/v2/importErrors", "import_errors", bundle_name=USER_BUNDLE):
+            errors[error["filename"]] = error["stack_trace"].strip().splitlines()[-1]
+        waiting = [f for f in files if f not in dags and f not in errors]
+        return f"not parsed yet: {', '.join(waiting)}" if waiting else None
+
+    reason = wait_until(accounted, within, interval=1.0)
+    found = sorted(d for ids in dags.values() for d in ids)
+    notes = [f"your DAGs ({folder}, bundle {USER_BUNDLE}): {', '.join(found) or 'none yet'}"]
+    notes += [f"  import error in {name}: {last[:200]}" for name, last in sorted(errors.items())]
+    if reason:
+        notes.append(f"  {reason} (after {within:.0f} s; a file without DAGs stays so)")
+    return notes

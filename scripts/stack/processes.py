@@ -30,6 +30,14 @@ def start_time(pid: int) -> int | None:
     return int(fields[19]) if fields else None
 
 
+def boot_time() -> float:
+    """When the machine booted, in seconds since the epoch (``btime`` of /proc/stat)."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("btime "):
+            return float(line.split()[1])
+    raise StackError("/proc/stat has no btime line")
+
+
 @dataclass(frozen=True)
 class Process:
     """A process we started, named by its PID and start time (so a reused PID is never signalled)."""
@@ -49,6 +57,10 @@ class Process:
         """Whether this very process still runs (not ended, not a zombie, PID not reused)."""
         fields = _stat(self.pid)
         return fields is not None and int(fields[19]) == self.started and fields[0] != "Z"
+
+    def started_at(self) -> float:
+        """When this process started, in seconds since the epoch (to a clock tick)."""
+        return boot_time() + self.started / os.sysconf("SC_CLK_TCK")
 
     def signal(self, sig: int) -> None:
         """Send ``sig`` if this very process still runs."""
@@ -176,12 +188,14 @@ def wait_until(check: Callable[[], str | None], within: float, interval: float =
         time.sleep(interval)
 
 
-def run_logged(command: list[str], what: str, log: Path, env: dict[str, str] | None = None) -> None:
+def run_logged(
+    command: list[str], what: str, log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> None:
     """Run ``command`` to its end, output appended to ``log``; a StackError quoting the log's tail
     when it fails."""
     with open(log, "ab") as out:
         result = subprocess.run(
-            command, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=300, check=False
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, timeout=300, check=False
         )
     if result.returncode != 0:
         tail = log.read_text(errors="replace").splitlines()[-15:]

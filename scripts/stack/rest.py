@@ -66,15 +66,27 @@ class AirflowApi:
         body = {"name": name, "slots": slots, "description": description, "include_deferred": False}
         self._put("pools", name, body)
 
-    def dag_exists(self, dag_id: str) -> bool:
-        """Whether the DAG is parsed and known to the api-server."""
+    def get_or_none(self, path: str, **query: Any) -> Any:
+        """GET, or None when the answer is 404 (no such object)."""
         try:
-            self.get(f"/api/v2/dags/{dag_id}")
+            return self.get(path, **query)
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
-                return False
+                return None
             raise
-        return True
+
+    def pages(self, path: str, key: str, **query: Any) -> list[dict[str, Any]]:
+        """Every item of a collection (``key`` names its list in the answer), all pages."""
+        found: list[dict[str, Any]] = []
+        while True:
+            page = self.get(path, **query, limit=100, offset=len(found))
+            found += page[key]
+            if not page[key] or len(found) >= page["total_entries"]:
+                return found
+
+    def dag_exists(self, dag_id: str) -> bool:
+        """Whether the DAG is parsed and known to the api-server."""
+        return self.get_or_none(f"/api/v2/dags/{dag_id}") is not None
 
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None, **run: Any) -> dict[str, Any]:
         """Unpause ``dag_id`` and start a run, logical date now (so ``{{ ds }}`` renders); the new run
@@ -102,13 +114,9 @@ class AirflowApi:
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         """Every task instance of the run (all pages), mapped ones one by one."""
-        found: list[dict[str, Any]] = []
-        path = f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}/taskInstances"
-        while True:
-            page = self.get(path, limit=100, offset=len(found))
-            found += page["task_instances"]
-            if not page["task_instances"] or len(found) >= page["total_entries"]:
-                return found
+        return self.pages(
+            f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}/taskInstances", "task_instances"
+        )
 
     def result(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> Any:
         """A task instance's XCom ``return_value``, or None when it has none."""
@@ -116,13 +124,14 @@ class AirflowApi:
             f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}/taskInstances/{task_id}"
             "/xcomEntries/return_value"
         )
-        try:
-            value = self.get(path, map_index=map_index)["value"]
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                return None
-            raise
-        return json.loads(value) if isinstance(value, str) else value
+        entry = self.get_or_none(path, map_index=map_index)
+        value = entry["value"] if entry is not None else None
+        if isinstance(value, str):
+            try:  # a dict or list comes as its JSON text; a plain string as itself
+                return json.loads(value)
+            except ValueError:
+                return value
+        return value
 
 
 def images_of_run(

@@ -203,9 +203,12 @@ def check_redis(stack: Stack) -> str | None:
 
 
 def start_emulator(stack: Stack, within: float) -> None:
-    """The MAI emulator with scaled latency; its API key reaches it through the environment only."""
+    """The MAI emulator with scaled latency and a quota; its API key reaches it through the
+    environment only."""
     if stack.running("emulator"):
         return
+    stack.state["emulator_rpm"] = emulator_rpm()  # what it enforces: mai_default paces to it
+    stack.save()
     env = {
         **os.environ,
         "PYTHONPATH": python_path(),
@@ -215,19 +218,37 @@ def start_emulator(stack: Stack, within: float) -> None:
     stack.wait_healthy("emulator", within, lambda: check_http(f"{stack.emulator_url}/healthz"))
 
 
+def emulator_rpm() -> int | None:
+    """The quota the stack's emulator enforces, requests per minute per deployment
+    (``MAI_STACK_EMULATOR_RPM``, default 60; 0: none). ``mai_default`` paces to it."""
+    text = setting("EMULATOR_RPM", "60")
+    try:
+        rpm = int(text)
+    except ValueError:
+        raise StackError(
+            f"MAI_STACK_EMULATOR_RPM must be a whole number of requests a minute, got {text!r}"
+        ) from None
+    if rpm < 0:
+        raise StackError(f"MAI_STACK_EMULATOR_RPM must be 0 (no quota) or more, got {rpm}")
+    return rpm or None
+
+
 def run_emulator() -> int:
     """(The ``emulator`` subcommand, run by ``up``.) The emulator CLI with the key from the environment,
     so that it never shows on a command line."""
     from airflow_provider_mai.emulator.__main__ import main
 
+    stack = Stack()
+    rpm = stack.state.get("emulator_rpm")
     return main(
         [
             "--port",
-            str(Stack().ports["emulator"]),
+            str(stack.ports["emulator"]),
             "--api-key",
             os.environ["MAI_STACK_API_KEY"],
             "--latency",
             setting("EMULATOR_LATENCY", "2-6"),
+            *(["--rpm", str(rpm)] if rpm else []),
         ]
     )
 

@@ -7,14 +7,23 @@ import base64
 import json
 import os
 import secrets
+import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from .config import ADMIN_USER, LOOPBACK, STATE_DIR, WORKERS, StackError
-from .processes import Process, free_port, port_is_free, wait_until
+from .processes import (
+    Process,
+    all_ended,
+    free_port,
+    port_is_free,
+    process_tree,
+    session_members,
+    wait_until,
+)
 from .rest import AirflowApi
 
 
@@ -44,6 +53,7 @@ class Stack:
         self.home = folder / "airflow-home"
         self.output = folder / "out"
         self.state: dict[str, Any] = {}
+        self._api: AirflowApi | None = None
         if self.state_file.exists():
             self.state = json.loads(self.state_file.read_text())
 
@@ -63,6 +73,12 @@ class Stack:
     def processes(self) -> dict[str, Process]:
         """The process of each component, as recorded (alive or not)."""
         return {name: Process(**p) for name, p in self.state.get("processes", {}).items()}
+
+    @property
+    def dags_folder(self) -> Path | None:
+        """The user's own DAG folder (``up --dags``) the Airflow components run with, if any."""
+        folder = self.state.get("dags_folder")
+        return Path(folder) if folder else None
 
     @property
     def api_url(self) -> str:
@@ -108,8 +124,29 @@ class Stack:
         return process if process is not None and process.alive() else None
 
     def api(self) -> AirflowApi:
-        """A REST client logged in as the stack's admin user."""
-        return AirflowApi(self.api_url, ADMIN_USER, self.secrets["admin_password"])
+        """A REST client logged in as the stack's admin user (one per state object: one token)."""
+        if self._api is None:
+            self._api = AirflowApi(self.api_url, ADMIN_USER, self.secrets["admin_password"])
+        return self._api
+
+    def stop(self, names: Iterable[str]) -> None:
+        """Stop these components by PID, together: each process tree and session gets SIGTERM
+        (PostgreSQL SIGINT: its fast shutdown; SIGTERM would wait for every client to leave), and
+        SIGKILL whatever still runs 20 s later (a warm shutdown that hangs, children left behind)."""
+        trees = {
+            name: list({q.pid: q for q in [*process_tree(p.pid), *session_members(p)]}.values())
+            for name in names
+            if (p := self.running(name)) is not None
+        }
+        for name, tree in trees.items():
+            tree[0].signal(signal.SIGINT if name == "postgres" else signal.SIGTERM)
+        everyone = [p for tree in trees.values() for p in tree]
+        if not all_ended(everyone, 20):
+            for process in everyone:
+                process.signal(signal.SIGKILL)
+            all_ended(everyone, 10)
+        for name in trees:
+            self.record(name, None)
 
     # Setting up.
 

@@ -35,15 +35,17 @@ from stack import config, processes, rest, state  # noqa: E402
 
 
 def stack_command(*args: str, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
-    """Run a stack command as ``scripts/stack.sh`` does (``python -m stack``), without its install step."""
+    """Run a stack command as ``scripts/stack.sh`` does (``python -m stack``), without its install
+    step, from a user's shell: none of the test suite's own ``AIRFLOW_*`` settings."""
     python_path = os.pathsep.join(p for p in (str(ROOT / "scripts"), os.environ.get("PYTHONPATH")) if p)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     return subprocess.run(
         [sys.executable, "-m", "stack", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         check=check,
-        env={**os.environ, "PYTHONPATH": python_path},
+        env={**env, "PYTHONPATH": python_path},
     )
 
 
@@ -121,7 +123,7 @@ def stack_emulator(stack: state.Stack, api: rest.AirflowApi) -> Iterator[Emulato
         yield start
     finally:
         if "mai_default" in repointed:
-            api.put_connection(stack_airflow.mai_connection(stack, "mai_default", stack.emulator_url))
+            api.put_connection(stack_airflow.default_connection(stack))
         for emulator in started:
             emulator.stop()
 

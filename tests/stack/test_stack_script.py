@@ -52,6 +52,25 @@ def test_up_on_a_running_stack_starts_nothing(stack):
     assert state.Stack().processes == before
 
 
+def test_no_plugin_import_errors(api):
+    # Every component runs from the state folder: one started in the repository would find the
+    # editable install's egg-info there as a second copy of the provider ("Plugin 'mai_images'
+    # already registered").
+    assert api.get("/api/v2/plugins/importErrors") == {"import_errors": [], "total_entries": 0}
+    names = [plugin["name"] for plugin in api.pages("/api/v2/plugins", "plugins")]
+    assert names.count("mai_images") == 1
+
+
+def test_mai_default_is_paced_to_its_emulators_quota(stack, api):
+    connection = api.get("/api/v2/connections/mai_default")
+    extra = json.loads(connection["extra"])
+    assert connection["host"] == stack.emulator_url
+    if not stack.state["emulator_rpm"]:
+        pytest.skip("the stack's emulator runs without a quota (MAI_STACK_EMULATOR_RPM=0)")
+    assert extra["rpm"] == stack.state["emulator_rpm"]  # 60 unless MAI_STACK_EMULATOR_RPM says
+    assert extra["rpm_redis_conn_id"] == config.PACING_REDIS_CONN  # one schedule for both workers
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
