@@ -3,7 +3,7 @@
 When many tasks start together on a small machine, each task's supervisor calls the api-server's
 execution API to mark its try running while the api-server, the scheduler and N freshly forked
 task processes compete for the CPU. Under Airflow's default ``[workers] execution_api_timeout``
-(5 s) that call times out; the client retries it, the retry finds the try already running (the
+(5 s) that call can time out; the client retries it, the retry finds the try already running (the
 first call did land) and the try fails before it ran. ``scripts/stack/airflow.py`` sets the
 timeouts the stack uses (``BURST_TOLERANCE``); this benchmark shows what they buy.
 
