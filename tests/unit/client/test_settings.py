@@ -120,3 +120,43 @@ def test_auth_type_defaults_follow_the_password(connect):
     assert MaiHook(connect("mai_e", password=None)).settings.auth_type == "entra_id"
     forced = MaiHook(connect("mai_f", extra={"auth_type": "entra_id"}))
     assert forced.settings.auth_type == "entra_id"
+
+
+# -- Entra ID extras: checked when the connection is read ------------------------------------------
+GUID = "11111111-2222-3333-4444-555555555555"
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (
+            {"tenant_id": "bogus tenant!", "client_id": GUID, "client_secret": "s"},
+            "'tenant_id' must be the directory",
+        ),
+        (
+            {"tenant_id": "contoso", "client_id": GUID, "client_secret": "s"},
+            "'tenant_id' must be the directory",
+        ),
+        ({"tenant_id": GUID, "client_id": "my app", "client_secret": "s"}, "'client_id' must be a client id"),
+        ({"tenant_id": GUID, "client_id": GUID}, r"needs all of .* \(missing: client_secret\)"),
+        ({"client_secret": "s"}, r"\(missing: tenant_id, client_id\)"),
+        ({"managed_identity_client_id": "{guid}"}, "'managed_identity_client_id' must be a client id"),
+        ({"authority": "http://login.example"}, "'authority' must be an Entra ID authority host"),
+        ({"authority": "https://login.microsoftonline.us/tenant"}, "'authority' must be"),
+        ({"authority": "login microsoftonline"}, "'authority' must be"),
+    ],
+)
+def test_malformed_entra_extras_fail_when_the_connection_is_read(connect, emulator, extra, match):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    hook = MaiHook(connect("mai_team_entra", password=None, extra=extra))
+    with pytest.raises(MaiConfigurationError, match=match) as info:
+        hook.generate_image("x", width=768, height=768)
+    assert isinstance(info.value, AirflowFailException)  # no task retries spent on it
+    assert "connection 'mai_team_entra'" in str(info.value)
+    assert emulator.requests == []
+
+
+def test_entra_extras_are_not_judged_for_an_api_key_connection(connect):
+    hook = MaiHook(connect("mai_key", extra={"tenant_id": "left over"}))
+    assert hook.settings.auth_type == "api_key" and hook.settings.tenant_id is None
