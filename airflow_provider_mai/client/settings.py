@@ -289,26 +289,28 @@ def _is_loopback(hostname: str) -> bool:
         return False
 
 
-def normalise_endpoint(host: str | None, port: int | None = None, *, conn_id: str = "mai_default") -> str:
+def normalise_endpoint(host: str | None, port: int | None = None, *, conn_id: str | None = None) -> str:
     """``https://<resource>.services.ai.azure.com`` from what a user typed in the connection host.
 
     No scheme means https; a trailing ``/`` (or a pasted ``/mai/v1`` path) is dropped. The host is
     judged exactly as the transport (urllib3) will connect to it: anything the two URL parsers could
     read differently - a backslash, user info, whitespace, a query - is refused. Plain http is
-    accepted only for loopback hosts, so keys never travel in clear text.
+    accepted only for loopback hosts, so keys never travel in clear text. Errors name ``conn_id``
+    (never a default's name: a message must name the connection actually used).
     """
+    which = f"connection {conn_id!r}" if conn_id else "the connection"
     from urllib3.exceptions import LocationParseError
     from urllib3.util import parse_url
 
     def refuse(why: str) -> MaiConfigurationError:
         # A host with '@' may hold 'user:password@': it is never quoted, not even in part.
         shown = "(not shown: it holds an '@')" if "@" in (host or "") else repr((host or "").strip()[:200])
-        return MaiConfigurationError(f"connection {conn_id!r}: the host {shown} {why}")
+        return MaiConfigurationError(f"{which}: the host {shown} {why}")
 
     text = (host or "").strip()
     if not text:
         raise MaiConfigurationError(
-            f"connection {conn_id!r} has no host: set it to https://<resource-name>.services.ai.azure.com"
+            f"{which} has no host: set it to https://<resource-name>.services.ai.azure.com"
         )
     if any(ch in text for ch in "\\@?#") or any(ord(ch) <= 0x20 or ord(ch) == 0x7F for ch in text):
         raise refuse(
@@ -341,7 +343,7 @@ def normalise_endpoint(host: str | None, port: int | None = None, *, conn_id: st
     netloc = ours.netloc
     if port and our_port is None:
         if not 0 < int(port) < 65536:
-            raise MaiConfigurationError(f"connection {conn_id!r}: port {port} is not a TCP port")
+            raise MaiConfigurationError(f"{which}: port {port} is not a TCP port")
         netloc = f"{netloc}:{int(port)}"
     path = ours.path.rstrip("/")
     if path.endswith("/mai/v1"):

@@ -165,7 +165,9 @@ class MaiHook(BaseHook):
         from airflow_provider_mai.inputs import read_image_source
 
         s = self.settings
-        loaded = read_image_source(image, max_bytes=s.max_input_bytes, allow_http=s.allow_http_inputs)
+        loaded = read_image_source(
+            image, max_bytes=s.max_input_bytes, allow_http=s.allow_http_inputs, conn_id=s.conn_id
+        )
         return EditRequest(
             loaded.data,
             prompt,
@@ -231,7 +233,7 @@ class MaiHook(BaseHook):
         except MaiError as exc:
             return False, str(exc)
         except Exception as exc:  # the Test button must answer, never raise - and never echo a secret
-            return False, f"the connection test failed: {type(exc).__name__}"
+            return False, f"the test of connection {self.mai_conn_id!r} failed: {type(exc).__name__}"
         if failure is None:
             return True, f"Connected to {s.endpoint}; deployment {deployment!r} answered."
         if failure.status_code == 400:

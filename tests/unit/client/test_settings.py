@@ -160,3 +160,38 @@ def test_malformed_entra_extras_fail_when_the_connection_is_read(connect, emulat
 def test_entra_extras_are_not_judged_for_an_api_key_connection(connect):
     hook = MaiHook(connect("mai_key", extra={"tenant_id": "left over"}))
     assert hook.settings.auth_type == "api_key" and hook.settings.tenant_id is None
+
+
+# -- every message names the connection actually used (never a default's name) -----------------------
+def test_errors_name_the_connection_actually_used(connect, emulator, tmp_path):
+    from airflow_provider_mai.emulator import Fault
+    from airflow_provider_mai.exceptions import MaiError
+
+    conn = "mai_campaign_eu"
+
+    def message(call, **overrides) -> str:  # type: ignore[no-untyped-def]
+        hook = MaiHook(connect(conn, **overrides))
+        with pytest.raises(MaiError) as info:
+            call(hook)
+        return str(info.value)
+
+    def generate(hook: MaiHook) -> None:
+        hook.generate_image("x", width=768, height=768)
+
+    (tmp_path / "big.png").write_bytes(b"\x89PNG" + b"\0" * 2 * 1024 * 1024)
+    messages = {
+        "no host": message(generate, host=""),
+        "bad extra": message(generate, extra={"timeout": "soon"}),
+        "no deployment": message(generate, extra={"deployment": None}),
+        "edit input too large": message(
+            lambda h: h.edit_image(str(tmp_path / "big.png"), "x"), extra={"max_input_mb": 1}
+        ),
+        "web input refused": message(lambda h: h.edit_image("https://example.com/a.png", "x")),
+        "undefined redis": message(generate, extra={"rpm": 6, "rpm_redis_conn_id": "no_such_redis"}),
+    }
+    for status in (401, 403, 404):
+        emulator.inject(Fault(status=status))
+        messages[str(status)] = message(generate)
+    for what, text in messages.items():
+        assert f"'{conn}'" in text, (what, text)
+        assert "mai_default" not in text, (what, text)
