@@ -206,15 +206,16 @@ def check_bucket(path: ObjectStoragePath) -> None:
             path.fs.invalidate_cache(bucket)
             found = bool(path.fs.exists(bucket))
     except Exception as exc:  # the store's own text may quote a signed URL or a key: name the class
-        hint = ""
-        if not getattr(path, "conn_id", None):
-            hint = (
-                f" The path names no Airflow connection: write {protocol}://<conn_id>@{bucket}/... so "
-                "that the connection's endpoint and credentials are used."
-            )
-        raise MaiError(
-            f"could not check that the {kind} {bucket!r} of output_path {path} exists "
-            f"({type(exc).__name__}); nothing was sent.{hint}"
+        said = (
+            f"could not check that the {kind} {bucket!r} of output_path {path} exists ({type(exc).__name__})"
+        )
+        if getattr(path, "conn_id", None):  # perhaps a passing network failure: task retries may help
+            raise MaiError(f"{said}; nothing was sent") from None
+        # Most likely the path itself: without a connection the store's library uses its own
+        # credentials and endpoint (for s3://, boto3's; ~10 s of retries when there are none).
+        raise MaiConfigurationError(
+            f"{said}; nothing was sent. The path names no Airflow connection: write "
+            f"{protocol}://<conn_id>@{bucket}/... so that the connection's endpoint and credentials are used"
         ) from None
     if not found:
         raise MaiConfigurationError(

@@ -214,3 +214,15 @@ def test_an_unreachable_store_is_an_error_before_the_request(emulator, monkeypat
         op.execute(context("g"))
     assert emulator.requests == []
     assert "testing-secret-key" not in str(caught.value)
+
+
+def test_a_store_path_without_a_connection_is_refused_before_the_request(emulator, connect):
+    # abfs:// without <conn_id>@ has no account to talk to (s3:// without one falls back to boto3's own
+    # credentials and endpoint, and spends ~10 s in its retries first: the same error, later).
+    connect()
+    op = MaiGenerateImageOperator(task_id="g", prompt="p", output_path="abfs://campaign-images/2026/hero.png")
+    with pytest.raises(
+        MaiConfigurationError, match=r"names no Airflow connection: write abfs://<conn_id>@campaign-images/"
+    ):
+        op.execute(context("g"))
+    assert emulator.requests == []
