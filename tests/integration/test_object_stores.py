@@ -25,6 +25,7 @@ from airflow_provider_mai.operators.mai import MaiEditImageOperator, MaiGenerate
 from airflow_provider_mai.storage import write_image
 from airflow_provider_mai.validation import png_size
 from tests.support.helpers import task_context
+from tests.support.storage_servers import s3_client
 
 pytestmark = pytest.mark.integration
 
@@ -142,16 +143,7 @@ def test_an_exclusive_write_never_replaces_an_object_that_appeared_meanwhile(req
 
 # -- buckets and containers are never created -------------------------------------------------------
 def _bucket_names(moto_s3: str) -> list[str]:
-    import boto3
-
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto_s3,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    return sorted(b["Name"] for b in s3.list_buckets()["Buckets"])
+    return sorted(b["Name"] for b in s3_client(moto_s3).list_buckets()["Buckets"])
 
 
 def test_a_missing_s3_bucket_is_refused_before_the_request_and_never_created(emulator, s3_bucket, moto_s3):

@@ -11,7 +11,7 @@ It speaks RESP2 only and answers as Redis 5.0 does where it matters here:
 
 A test can make it misbehave: answer the script with bytes of its choosing (a wrong type, a
 nested list, a huge reply) or drip every answer a byte at a time. Every command is recorded;
-every thread stops (bounded joins) with :meth:`Redis5Server.stop`.
+every thread stops (bounded joins) with ``stop()``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import threading
 import time
 
 from airflow_provider_mai.client.pacing.redis_rules import RESERVE_SCRIPT
+from tests.support.servers import LoopbackServer
 
 RESERVE_SHA = hashlib.sha1(RESERVE_SCRIPT.encode()).hexdigest()
 
@@ -49,7 +50,7 @@ def unknown_command(args: list[bytes]) -> bytes:
     return f"-ERR unknown command `{name}`, with args beginning with: {quoted}\r\n".encode()
 
 
-class Redis5Server:
+class Redis5Server(LoopbackServer):
     """A loopback RESP2 server acting as Redis 5.0 (see the module docstring).
 
     :param password: ``requirepass``; None for no password.
@@ -72,15 +73,7 @@ class Redis5Server:
         self.slots: dict[bytes, float] = {}
         self._scripts: set[str] = set()
         self._lock = threading.Lock()
-        self.stopping = threading.Event()
-        self._sock = socket.socket()
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(64)
-        self._sock.settimeout(0.05)
-        self.port = self._sock.getsockname()[1]
-        self._threads = [threading.Thread(target=self._accept, daemon=True)]
-        self._threads[0].start()
+        super().__init__()
 
     def url(self, password: str | None = None) -> str:
         """A ``redis://`` URL of this server (with ``password``, default the server's own)."""
@@ -93,38 +86,27 @@ class Redis5Server:
 
     # -- serving ---------------------------------------------------------------------------------
 
-    def _accept(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                continue
-            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         conn.settimeout(0.2)
         state = {"authed": self.password is None}
         pending = b""
-        with conn:
-            while not self.stopping.is_set():
-                try:
-                    chunk = conn.recv(65536)
-                except TimeoutError:
-                    continue
-                except OSError:
+        while not self.stopping.is_set():
+            try:
+                chunk = conn.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not chunk:
+                return
+            pending += chunk
+            while (parsed := _command(pending)) is not None:
+                args, pending = parsed
+                with self._lock:
+                    self.commands.append(args)
+                    answer = self._answer(args, state)
+                if not self._send(conn, answer):
                     return
-                if not chunk:
-                    return
-                pending += chunk
-                while (parsed := _command(pending)) is not None:
-                    args, pending = parsed
-                    with self._lock:
-                        self.commands.append(args)
-                        answer = self._answer(args, state)
-                    if not self._send(conn, answer):
-                        return
 
     def _send(self, conn: socket.socket, data: bytes) -> bool:
         try:
@@ -194,18 +176,6 @@ class Redis5Server:
             return array(bulk(f"{max_wait:.6f}"), bulk("0"), bulk(f"{now + max_wait:.6f}"))
         self.slots[key] = slot + interval
         return array(bulk(f"{slot - now:.6f}"), bulk("1"), bulk(f"{slot:.6f}"))
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self._sock.close()
-        for thread in self._threads:
-            thread.join(timeout=10)
-
-    def __enter__(self) -> Redis5Server:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def _command(data: bytes) -> tuple[list[bytes], bytes] | None:

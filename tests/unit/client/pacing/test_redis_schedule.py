@@ -4,7 +4,6 @@ server that refuses ``HELLO``, answers garbage, or drips its reply."""
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
 import json
 import logging
@@ -19,6 +18,7 @@ from airflow_provider_mai.client.pacing.file_schedule import SAFETY_MARGIN, Requ
 from airflow_provider_mai.exceptions import MaiConfigurationError
 from airflow_provider_mai.hooks.mai import MaiHook
 from tests.support.helpers import (
+    make_tls_files,
     reserve_redis_pacing_slots,
     slots_taken_by_processes,
     waits_of_two_generations,
@@ -135,42 +135,6 @@ def test_a_wrong_password_is_logged_without_the_password(redis_url, caplog):
     assert REDIS_PASSWORD not in caplog.text
 
 
-def _self_signed_certificate(folder: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 (its own CA) and its key, written to ``folder``."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
-
-
 def test_tls_redis_paces_within_the_same_budget(tmp_path):
     import shutil
     import ssl
@@ -180,14 +144,14 @@ def test_tls_redis_paces_within_the_same_budget(tmp_path):
     binary = shutil.which("redis-server")
     if binary is None:
         unavailable("redis-server is not installed (apt-get install redis-server)")
-    cert, key = _self_signed_certificate(tmp_path)
+    ca, cert, key = make_tls_files(tmp_path, "redis")
     port = free_port()
     command = [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", ""]
     command += ["--appendonly", "no", "--dir", str(tmp_path), "--tls-auth-clients", "no"]
-    command += ["--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert)]
+    command += ["--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca)]
 
     def answers() -> bool:
-        context = ssl.create_default_context(cafile=str(cert))
+        context = ssl.create_default_context(cafile=str(ca))
         try:
             with (
                 socket.create_connection(("127.0.0.1", port), timeout=1) as raw,
@@ -199,7 +163,7 @@ def test_tls_redis_paces_within_the_same_budget(tmp_path):
             return False
 
     with running(command, answers, "redis-server-tls"):
-        url = redis_url("127.0.0.1", port, extra={"ssl": True, "ssl_ca_certs": str(cert)})
+        url = redis_url("127.0.0.1", port, extra={"ssl": True, "ssl_ca_certs": str(ca)})
         assert url.startswith("rediss://")
         tls_pacer = pacer("e|tls", 60, url)
         assert tls_pacer.reserve() == 0
