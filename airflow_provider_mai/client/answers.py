@@ -99,7 +99,7 @@ def transport_error(
         hint = (
             f"the CA bundle {s.ca_bundle!r} (extra 'ca_bundle') does not vouch for it"
             if s.ca_bundle
-            else "for a TLS-inspecting proxy set the extra 'ca_bundle'"
+            else "for a TLS-inspecting proxy set the connection extra 'ca_bundle'"
         )
         return MaiConfigurationError(
             f"connection {s.conn_id!r}: TLS verification of {s.endpoint} failed: {hint}", **common
