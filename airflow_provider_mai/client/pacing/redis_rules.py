@@ -7,8 +7,8 @@ redis-py; an asyncio twin performs the same rules with ``redis.asyncio``.
   :class:`BrokenReply` (a wrong type, a nested list, a number out of range).
 - :func:`describe_failure` - our own words for a failed exchange. A server's error text is never
   shown: Redis 5 quotes the arguments of a command it does not know, ``AUTH <password>`` included.
-- :class:`RedisHealth` - whether to ask Redis now, and when an outage starts or ends (to be said
-  once each).
+- :class:`RedisHealth` - whether to ask Redis now, whether the host's schedule still serves as the
+  fallback, and when an outage starts or ends (to be said once each); the log lines' texts.
 - :func:`redis_url`, :func:`public_address` - the server's URL from an Airflow connection, and the
   same without credentials for a log line.
 """
@@ -140,6 +140,12 @@ def describe_failure(exc: BaseException) -> str:
     return "failed"
 
 
+def failure_reason(exc: BaseException, verdict: str | None = None) -> str:
+    """What a log line says happened: the exchange's own bounds' ``verdict`` when they stopped it
+    ("did not answer within 2 s"), else :func:`describe_failure` and the class."""
+    return verdict or f"{describe_failure(exc)} ({type(exc).__name__})"
+
+
 class RedisHealth:
     """When Redis is asked, and when an outage starts and ends - the fallback decision, no I/O.
 
@@ -154,6 +160,9 @@ class RedisHealth:
         self.retry_after = retry_after
         #: The clock time after which Redis is asked again; None while Redis answers.
         self.retry_at: float | None = None
+        #: Whether the fallback (this host's schedule) still paces; False once it failed, until
+        #: Redis answers again.
+        self.fallback_usable = True
         self._outage = False
 
     def use_redis(self, now: float) -> bool:
@@ -170,7 +179,50 @@ class RedisHealth:
         """Record a good reply; True when it ends an outage (say so)."""
         ended, self._outage = self._outage, False
         self.retry_at = None
+        self.fallback_usable = True
         return ended
+
+    def fallback_failed(self) -> bool:
+        """Record that the fallback cannot pace; True the first time in an outage (say so)."""
+        first, self.fallback_usable = self.fallback_usable, False
+        return first
+
+
+def server_name(address: str, conn_id: str | None) -> str:
+    """How log lines name the server: its connection id and address, never its credentials."""
+    return f"Redis connection {conn_id!r} ({address})" if conn_id else f"Redis at {address}"
+
+
+def outage_text(where: str, reason: str, *, host_schedule: bool) -> str:
+    """The one error line of an outage."""
+    instead = "Pacing by this host's own schedule" if host_schedule else "Sending without pacing"
+    return (
+        f"Pacing through {where} is unavailable: Redis {reason}. {instead} for {RETRY_REDIS_AFTER:.0f} s, "
+        "then Redis is asked again; other hosts pace on their own meanwhile, and 429 answers are "
+        "retried as usual"
+    )
+
+
+def host_schedule_unusable_text(where: str, problem: str) -> str:
+    """The warning when the fallback cannot pace either (``problem``: our own words, a path)."""
+    return (
+        f"This host's pacing schedule cannot be used either ({problem}): sending without pacing "
+        f"until {where} answers"
+    )
+
+
+def recovered_text(where: str) -> str:
+    """The line that ends an outage."""
+    return f"{where} answers again: pacing through Redis"
+
+
+def overfull_text(max_wait: float, wait: float) -> str:
+    """The warning when the schedule runs further ahead than the bound (no slot taken)."""
+    return (
+        f"The send-slot schedule runs more than {max_wait:.0f} s ahead: more requests wait for this "
+        "deployment than its quota serves in that time (size the pool: slots = latency x rpm / 60). "
+        f"Sending after {wait:.0f} s without a slot"
+    )
 
 
 def redis_url(

@@ -46,10 +46,15 @@ from airflow_provider_mai.client.pacing.redis_rules import (
     RESERVE_SCRIPT,
     RETRY_REDIS_AFTER,
     RedisHealth,
-    describe_failure,
+    failure_reason,
+    host_schedule_unusable_text,
+    outage_text,
+    overfull_text,
     parse_reservation,
     public_address,
+    recovered_text,
     redis_url,
+    server_name,
 )
 from airflow_provider_mai.exceptions import MaiConfigurationError
 
@@ -235,14 +240,10 @@ class RedisRequestPacer:
         self.address = public_address(redis_url)
         self.fallback = fallback
         self.timeout = timeout
-        #: How log lines name the server: its connection id and address, never its credentials.
-        self._where = f"Redis at {self.address}"
-        if conn_id:
-            self._where = f"Redis connection {conn_id!r} ({self.address})"
+        self._where = server_name(self.address, conn_id)
         self._clock = clock
         self._log = logger or log
         self._health = RedisHealth(RETRY_REDIS_AFTER)
-        self._fallback_broken = False
         #: The last slot taken, in seconds on the Redis server's clock (None before the first, or
         #: when Redis did not answer): what the schedule guarantees is that these are distinct and
         #: at least ``interval`` apart, whatever the clients' clocks say.
@@ -277,21 +278,16 @@ class RedisRequestPacer:
                 reservation = parse_reservation(reply, self.max_wait)
             except Exception as exc:  # anything Redis does falls back; its text is never shown
                 self._client.connection_pool.disconnect()  # never read a half reply later
-                verdict = self._budget.verdict  # our bounds stopped it: say which
-                self._redis_failed(verdict or f"{describe_failure(exc)} ({type(exc).__name__})")
+                if self._health.failed(self._clock()):  # an outage starts: say so, once
+                    reason = failure_reason(exc, self._budget.verdict)
+                    host_schedule = self.fallback is not None and self._health.fallback_usable
+                    self._log.error("%s", outage_text(self._where, reason, host_schedule=host_schedule))
             else:
                 if self._health.answered():
-                    self._log.info("%s answers again: pacing through Redis", self._where)
-                    self._fallback_broken = False
+                    self._log.info("%s", recovered_text(self._where))
                 self.last_slot = reservation.slot
                 if reservation.slot is None:
-                    self._log.warning(
-                        "The send-slot schedule runs more than %.0f s ahead: more requests wait for "
-                        "this deployment than its quota serves in that time (size the pool: slots = "
-                        "latency x rpm / 60). Sending after %.0f s without a slot",
-                        self.max_wait,
-                        reservation.wait,
-                    )
+                    self._log.warning("%s", overfull_text(self.max_wait, reservation.wait))
                 return reservation.wait
         self.last_slot = None
         return self._fallback_wait()
@@ -303,33 +299,12 @@ class RedisRequestPacer:
         finally:
             self._budget.stop()
 
-    def _redis_failed(self, reason: str) -> None:
-        if not self._health.failed(self._clock()):
-            return  # the outage was already reported
-        if self.fallback is not None and not self._fallback_broken:
-            instead = "pacing by this host's own schedule"
-        else:
-            instead = "sending without pacing"
-        self._log.error(
-            "Pacing through %s is unavailable: Redis %s. %s for %.0f s, then Redis is asked "
-            "again; other hosts pace on their own meanwhile, and 429 answers are retried as usual",
-            self._where,
-            reason,
-            instead[0].upper() + instead[1:],
-            RETRY_REDIS_AFTER,
-        )
-
     def _fallback_wait(self) -> float:
-        if self.fallback is None or self._fallback_broken:
+        if self.fallback is None or not self._health.fallback_usable:
             return 0.0
         try:
             return self.fallback.reserve()
         except PacingStateError as exc:  # our own words (a path and what is wrong with it)
-            self._fallback_broken = True
-            self._log.warning(
-                "This host's pacing schedule cannot be used either (%s): sending without pacing "
-                "until %s answers",
-                exc,
-                self._where,
-            )
+            if self._health.fallback_failed():
+                self._log.warning("%s", host_schedule_unusable_text(self._where, str(exc)))
             return 0.0

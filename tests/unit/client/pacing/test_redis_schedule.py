@@ -330,8 +330,10 @@ def test_the_health_rule_reports_an_outage_once_and_retries_after_a_pause():
     assert health.use_redis(30)
     assert health.failed(30) is False  # still the same outage: said already
     assert not health.use_redis(59)
-    assert health.answered() is True  # it ended: say so
-    assert health.use_redis(59) and not health.answered()
+    assert health.fallback_failed() is True and health.fallback_failed() is False  # said once
+    assert not health.fallback_usable
+    assert health.answered() is True  # it ended: say so (and the host's schedule may serve again)
+    assert health.use_redis(59) and not health.answered() and health.fallback_usable
 
 
 def test_redis_url_from_connection_fields():
