@@ -38,7 +38,9 @@ _BOMBS: dict[str, bytes] = {}
 
 def bomb(encoding: str) -> Answer:
     def answer(conn: socket.socket, request: bytes) -> None:
-        payload = _BOMBS.setdefault(encoding, _bomb(encoding))
+        if encoding not in _BOMBS:  # made once: 200 MB to compress (setdefault would redo it each time)
+            _BOMBS[encoding] = _bomb(encoding)
+        payload = _BOMBS[encoding]
         conn.sendall(http_answer(200, payload, {"Content-Encoding": encoding}))
 
     return answer
