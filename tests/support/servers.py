@@ -165,12 +165,15 @@ class RawServer(LoopbackServer):
     For what the emulator cannot do wrong on purpose: redirects, lying lengths, dripping bytes,
     compression bombs, huge error texts. ``answer(conn, request)`` gets the accepted socket and the
     request it sent (head and body, read up to its ``Content-Length``); it writes whatever it likes.
-    Each request is recorded.
+    Each request is recorded. An answer with a ``prepare()`` method has it called here, before the
+    server starts: costly payloads are built before a client's deadline starts, not inside it.
 
     :param host: 127.0.0.1 by default; 127.0.0.2 plays "another host" (also loopback).
     """
 
     def __init__(self, answer, host: str = "127.0.0.1") -> None:  # type: ignore[no-untyped-def]
+        if hasattr(answer, "prepare"):
+            answer.prepare()
         self.answer = answer
         self.requests: list[bytes] = []
         super().__init__(host)
