@@ -16,7 +16,7 @@ import random
 import struct
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -43,12 +43,24 @@ DEFAULT_BLOCKED_TERMS = ("emulator-blocked", "[violence]")
 @dataclass
 class Reply:
     """An answer to send: status, body (dict as JSON, str or bytes), headers, and how long the
-    service "worked" on it before answering."""
+    service "worked" on it before answering.
+
+    A success can leave its body to be drawn later (``draw``): a server then waits out ``delay``
+    holding no image, and draws the body only when it is about to send it.
+    """
 
     status: int
     body: Any
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    #: Makes the body (renders the image); None when ``body`` is ready. May raise :class:`Refusal`.
+    draw: Callable[[], Any] | None = None
+
+    def drawn(self) -> Reply:
+        """This reply with its body made (itself when there is nothing to draw)."""
+        if self.draw is None:
+            return self
+        return Reply(self.status, self.draw(), self.headers, self.delay)
 
 
 class Refusal(Exception):
@@ -118,9 +130,18 @@ class MaiProtocol:
         self._random_lock = threading.Lock()
 
     def answer(
-        self, path: str, headers: Mapping[str, str], raw: bytes
+        self, path: str, headers: Mapping[str, str], raw: bytes, *, draw_later: bool = False
     ) -> tuple[Reply, dict[str, Any], bytes | None]:
-        """The reply to a POST, with the request's parsed fields and edit image (for the log)."""
+        """The reply to a POST, with the request's parsed fields and edit image (for the log).
+
+        :param path: the request's path (a query string is ignored).
+        :param headers: the request's headers, names in lower case.
+        :param raw: the request's body.
+        :param draw_later: leave a success's image undrawn (``Reply.draw``; call ``Reply.drawn()``
+            to make it), so that a caller can wait out the latency without holding it and bound
+            how many images are drawn at once. Every refusal but an undecodable edit input is
+            still decided here, at once.
+        """
         fields: dict[str, Any] = {}
         image: bytes | None = None
         try:
@@ -137,7 +158,8 @@ class MaiProtocol:
                 )
             editing = path == EDITS_PATH
             fields, image = self._parse(headers, raw, editing)
-            return self._serve(fields, image, editing), fields, image
+            reply = self._serve(fields, image, editing)
+            return (reply if draw_later else reply.drawn()), fields, image
         except Refusal as refusal:
             return refusal.reply, fields, image
 
@@ -164,14 +186,23 @@ class MaiProtocol:
         prompt = self._check_fields(fields, model, editing)
         if editing:
             self._image_ok(image)
-            try:
-                png = render.render_edit(image or b"", prompt, model)
-            except Exception:
-                raise Refusal(400, "invalid_image_format", "The image could not be decoded.") from None
+            source = image or b""
+
+            def draw() -> dict[str, Any]:
+                try:
+                    png = render.render_edit(source, prompt, model)
+                except Exception:
+                    raise Refusal(400, "invalid_image_format", "The image could not be decoded.") from None
+                return self._success_body(png, prompt, model, source)
         else:
             width, height = render.generation_size(int(fields["width"]), int(fields["height"]))
-            png = render.render_generation(prompt, width, height, model)
-        return Reply(200, self._success_body(png, prompt, model, image), delay=self._latency())
+
+            def draw() -> dict[str, Any]:
+                return self._success_body(
+                    render.render_generation(prompt, width, height, model), prompt, model, None
+                )
+
+        return Reply(200, None, delay=self._latency(), draw=draw)
 
     def _latency(self) -> float:
         if isinstance(self.latency, tuple):
@@ -278,6 +309,8 @@ class MaiProtocol:
     def _image_ok(image: bytes | None) -> None:
         if not image or not (image.startswith(b"\x89PNG\r\n\x1a\n") or image.startswith(b"\xff\xd8\xff")):
             raise Refusal(400, "invalid_image_format", "The image must be a PNG or JPEG file.")
+        if not render.readable(image):  # the header only: cheap, so a bad input is refused at once
+            raise Refusal(400, "invalid_image_format", "The image could not be decoded.")
 
     @staticmethod
     def _success_body(png: bytes, prompt: str, model: str, image: bytes | None) -> dict[str, Any]:
