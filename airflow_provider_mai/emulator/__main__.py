@@ -146,7 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"MAI emulator listening on {emulator.url}", flush=True)
     print("deployments: " + ", ".join(f"{k} ({v})" for k, v in emulator.deployments.items()), flush=True)
     try:
-        stop.wait()
+        # Wake now and then: a signal the kernel hands to one of the connection threads is only
+        # acted on when the main thread runs Python again, which a bare wait() never does.
+        while not stop.wait(0.25):
+            pass
     finally:
         emulator.stop()
         print(emulator.summary(), file=sys.stderr, flush=True)

@@ -6,8 +6,9 @@ or reset connection, a truncated or malformed body, a delay) into the next reque
 every user's CI runs, so it is bounded itself: request bodies (64 MiB, a valid ``Content-Length``
 required), connections served at once (more wait in the listen backlog), idle connections (closed
 after ``idle_timeout``), and images drawn at once: a success waits out its latency holding no
-image, then a small pool of render threads draws and encodes it, so a burst of answers costs a few
-images' memory, not one per connection. It stops promptly even when every slot is held.
+image, a small pool of render threads draws it, and its JSON is streamed in 64 KiB pieces, so a
+burst of answers costs a few images' memory, not one per connection. It stops promptly even when
+every slot is held.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from airflow_provider_mai.emulator.protocol import (
     RateLimiter,
     Refusal,
     Reply,
+    SuccessBody,
 )
 
 if TYPE_CHECKING:
@@ -63,7 +65,7 @@ def listen_backlog_cap() -> int | None:
 
 
 def _encode(body: Any) -> tuple[bytes, str]:
-    """The bytes and content type a reply body is sent as."""
+    """The bytes and content type a reply body is sent as (a :class:`SuccessBody` is streamed)."""
     if isinstance(body, (dict, list)):
         return json.dumps(body).encode(), "application/json"
     if isinstance(body, str):
@@ -202,23 +204,31 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.server.emulator._handle(self)
 
-    def send(self, reply: Reply, truncate: bool = False, encoded: tuple[bytes, str] | None = None) -> None:
-        payload, content_type = encoded or _encode(reply.body)
+    def send(self, reply: Reply, truncate: bool = False) -> None:
+        streamed = reply.body if isinstance(reply.body, SuccessBody) else None
+        if streamed is not None:
+            payload, content_type, length = b"", "application/json", len(streamed)
+        else:
+            payload, content_type = _encode(reply.body)
+            length = len(payload)
         request_id = str(uuid.uuid4())
         self.send_response(reply.status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Content-Length", str(length))
         self.send_header("x-ms-request-id", request_id)
         self.send_header("apim-request-id", request_id)
         for name, value in reply.headers.items():
             self.send_header(name, value)
         self.end_headers()
+        limit = length // 2 if truncate else length
+        if streamed is not None:
+            for piece in streamed.chunks(limit):
+                self.wfile.write(piece)
+        else:
+            self.wfile.write(payload[:limit])
         if truncate:
-            self.wfile.write(payload[: len(payload) // 2])
             self.wfile.flush()
             self.close_connection = True
-            return
-        self.wfile.write(payload)
 
 
 class MaiEmulator:
@@ -455,20 +465,18 @@ class MaiEmulator:
                 return self._random.choice(self.chaos_faults)
         return None
 
-    def _draw(self, reply: Reply) -> tuple[Reply, tuple[bytes, str]] | None:
-        """Draw and encode a reply's body in a render thread; None if the emulator is stopping.
+    def _draw(self, reply: Reply) -> Reply | None:
+        """Draw a reply's image in a render thread; None if the emulator is stopping.
 
-        The body's intermediate forms (the PNG, its base64 text, the JSON text) live only inside
-        the render thread, so at most ``max_renders`` of them exist at once.
+        Drawing needs ~20 MB of pixels for 1 MP: only ``max_renders`` of them exist at once.
         """
         from concurrent.futures import CancelledError
 
-        def work() -> tuple[Reply, tuple[bytes, str]]:
+        def work() -> Reply:
             try:
-                drawn = reply.drawn()
-            except Refusal as refusal:
-                drawn = refusal.reply
-            return drawn, _encode(drawn.body)
+                return reply.drawn()
+            except Refusal as refusal:  # an edit input whose pixels cannot be decoded
+                return refusal.reply
 
         pool = self._renders
         if pool is None or self._stopping.is_set():
@@ -527,13 +535,12 @@ class MaiEmulator:
                 return
         reply, record.fields, record.image = self.protocol.answer(handler.path, headers, raw, draw_later=True)
         self._wait(reply.delay)  # the service "works"; nothing large is held meanwhile
-        encoded = None
         if reply.draw is not None:
             drawn = self._draw(reply)
             if drawn is None:  # stopping: no answer
                 record.status = 0
                 handler.close_connection = True
                 return
-            reply, encoded = drawn
+            reply = drawn
         record.status = reply.status
-        handler.send(reply, truncate=bool(fault and fault.truncate), encoded=encoded)
+        handler.send(reply, truncate=bool(fault and fault.truncate))
