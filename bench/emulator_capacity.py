@@ -55,7 +55,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 def failure_kind(error: BaseException) -> str:
-    text = f"{type(error).__name__}: {error}".lower()
+    causes = [error]
+    while len(causes) < 8 and (causes[-1].__cause__ or causes[-1].__context__):
+        causes.append(causes[-1].__cause__ or causes[-1].__context__)  # type: ignore[arg-type]
+    text = " ".join(f"{type(cause).__name__}: {cause}" for cause in causes).lower()
     if "reset" in text or "errno 104" in text:
         return "reset"
     if "timeout" in text:

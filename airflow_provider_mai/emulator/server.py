@@ -49,7 +49,7 @@ DEFAULT_MAX_CONCURRENCY = 512
 #: Connections the kernel keeps waiting to be accepted once every slot is taken. Past it, Linux
 #: answers new connections with SYN cookies and resets; it caps the value at ``net.core.somaxconn``.
 DEFAULT_BACKLOG = 1024
-#: Images drawn and encoded at once. Drawing is CPU-bound (~0.3 CPU-s and ~20 MB for 1 MP), so more
+#: Images drawn at once. Drawing is CPU-bound (~0.13 CPU-s and ~25 MB of pixels for 1 MP), so more
 #: threads than this add memory, not speed, on the small machines CI runs on.
 DEFAULT_MAX_RENDERS = 4
 _SOMAXCONN = "/proc/sys/net/core/somaxconn"
@@ -247,8 +247,8 @@ class MaiEmulator:
     :param backlog: connections the kernel holds waiting to be accepted while every slot is taken
         (the ``listen()`` backlog; Linux caps it at ``net.core.somaxconn``, see
         :func:`listen_backlog_cap`). Past it, new connections are reset.
-    :param max_renders: images drawn and encoded at once, after their latency: a burst of answers
-        costs this many images' memory, the others wait their turn.
+    :param max_renders: images drawn at once, after their latency: a burst of answers costs this
+        many images' memory, the others wait their turn.
     :param fault_rate: share of requests (0-1) answered with a random transient fault from
         ``chaos_faults`` when no injected fault is queued: a service having a bad day.
     :param chaos_faults: the faults ``fault_rate`` draws from (default ``CHAOS_FAULTS``).
@@ -349,7 +349,7 @@ class MaiEmulator:
 
     @property
     def max_renders(self) -> int:
-        """Images drawn and encoded at once."""
+        """Images drawn at once."""
         return self._max_renders
 
     # -- life cycle -----------------------------------------------------------------------------
@@ -386,7 +386,7 @@ class MaiEmulator:
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the socket; in-flight delays end at once."""
+        """Stop serving and close the socket; in-flight delays end at once, unsent answers are dropped."""
         self._stopping.set()
         if self._renders is not None:
             # Answers waiting for a render thread give up at once; a render under way finishes.
@@ -468,7 +468,7 @@ class MaiEmulator:
     def _draw(self, reply: Reply) -> Reply | None:
         """Draw a reply's image in a render thread; None if the emulator is stopping.
 
-        Drawing needs ~20 MB of pixels for 1 MP: only ``max_renders`` of them exist at once.
+        Drawing needs ~25 MB of pixels for 1 MP: only ``max_renders`` of them exist at once.
         """
         from concurrent.futures import CancelledError
 
