@@ -157,14 +157,14 @@ def test_airflow_config_knows_the_option_and_its_default(monkeypatch):
 
 
 def test_airflow_providers_links_lists_the_extra_link():
-    listed = [row["extra_link_class_name"] for row in last_json(airflow_cli("providers", "links", "-o", "json"))]
-    assert "airflow_provider_mai.links.MaiImageLink" in listed
     from airflow_provider_mai.links import MaiImageLink
     from airflow_provider_mai.operators.mai import MaiEditImageOperator, MaiGenerateImageOperator
 
     assert MaiImageLink.name == "MAI image"
     for operator in (MaiGenerateImageOperator, MaiEditImageOperator):
         assert [type(link) for link in operator.operator_extra_links] == [MaiImageLink]
+    rows = last_json(airflow_cli("providers", "links", "-o", "json"))
+    assert "airflow_provider_mai.links.MaiImageLink" in [row["extra_link_class_name"] for row in rows]
 
 
 @pytest.mark.parametrize("name", ["Documentation", "Source", "Changelog", "Issues"])
