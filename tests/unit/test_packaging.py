@@ -77,7 +77,8 @@ def source_files() -> list[str]:
 
 def build_floor() -> Version:
     """The setuptools version ``[build-system] requires`` starts from."""
-    (setuptools,) = [Requirement(r) for r in PYPROJECT["build-system"]["requires"] if r.startswith("setuptools")]
+    requires = [Requirement(r) for r in PYPROJECT["build-system"]["requires"]]
+    (setuptools,) = [r for r in requires if r.name == "setuptools"]
     (floor,) = [Version(s.version) for s in setuptools.specifier if s.operator == ">="]
     return floor
 
@@ -208,7 +209,7 @@ def test_index_readme_links_only_absolute_urls_and_real_anchors(dists):
     ref = setup_module_functions()["release_ref"](__version__)
     original = link_targets((REPO_ROOT / "README.md").read_text())
     assert len(targets) == len(original)
-    relative = [(o, t) for o, t in zip(original, targets) if o != t]
+    relative = [(o, t) for o, t in zip(original, targets, strict=True) if o != t]
     assert len(relative) >= 10
     for before, after in relative:
         view = "raw" if before.endswith((".jpg", ".png")) else "blob"
@@ -231,7 +232,8 @@ def test_index_readme_rewrites_relative_targets_only():
 
 
 @pytest.mark.parametrize(
-    ("version", "ref"), [("0.1.0", "v0.1.0"), ("1.4.2", "v1.4.2"), ("0.2.0.dev1", "main"), ("0.1.0+local", "main")]
+    ("version", "ref"),
+    [("0.1.0", "v0.1.0"), ("1.4.2", "v1.4.2"), ("0.2.0.dev1", "main"), ("0.1.0+local", "main")],
 )
 def test_a_release_links_its_tag_and_a_development_build_main(version, ref):
     assert setup_module_functions()["release_ref"](version) == ref
