@@ -120,8 +120,35 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
 }
 
 
+#: The Airflow configuration options the provider reads, so that Airflow knows them (``airflow config
+#: get-value mai ui_thumbnail_cache_mb``, ``airflow config list``) and gives their defaults. Values are
+#: strings, as in airflow.cfg; tests/unit/test_get_provider_info.py keeps each default equal to the
+#: one its reader falls back to.
+CONFIG: dict[str, dict[str, Any]] = {
+    "mai": {
+        "description": "airflow-provider-mai: the UI plugin, in the api-server.",
+        "options": {
+            "ui_thumbnail_cache_mb": {
+                "description": "Megabytes of image thumbnails each api-server worker process keeps in "
+                "memory, least recently used dropped first (thumbnails are at most 40 KB; the default "
+                "holds ~2,500). At least 1.",
+                "version_added": "0.1.0",
+                "type": "integer",
+                "example": "64",
+                "default": "32",
+            },
+        },
+    },
+}
+
+
 def get_provider_info() -> dict[str, Any]:
-    """Describe the provider to Airflow: name, versions, connection type, hooks and operators."""
+    """Describe the provider to Airflow: name, versions, connection type, hooks, operators, the extra
+    link and the configuration options.
+
+    Its documentation-url is not set here: Airflow takes it from the package's ``Documentation``
+    project URL (pyproject.toml) and would replace any value given.
+    """
     from airflow_provider_mai import __version__
 
     return {
@@ -158,4 +185,7 @@ def get_provider_info() -> dict[str, Any]:
                 "ui-field-behaviour": UI_FIELD_BEHAVIOUR,
             }
         ],
+        # `airflow providers links` lists it; the operators attach it (operator_extra_links).
+        "extra-links": ["airflow_provider_mai.links.MaiImageLink"],
+        "config": CONFIG,
     }

@@ -56,8 +56,10 @@ with DAG(
         output_path="{{ params.output_base.rstrip('/') }}/edited/",
     )
 
-    @task
-    def report(generated: dict, edited: dict) -> dict:
+    # One XCom, the whole dict: a function annotated "-> dict" would otherwise get
+    # multiple_outputs=True inferred and write one XCom row per key besides.
+    @task(multiple_outputs=False)
+    def report(generated: dict, edited: dict) -> dict[str, str]:
         """Log where the images landed, for people reading the task log."""
         for label, result in (("generated", generated), ("edited", edited)):
             print(f"MAI {label} image: {result['uri']} ({result['width']}x{result['height']})")

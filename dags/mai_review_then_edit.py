@@ -88,8 +88,9 @@ with DAG(
     ]
     rejected = EmptyOperator(task_id="rejected")
 
-    @task(trigger_rule="none_failed_min_one_success")
-    def publish(**context) -> dict:
+    # One XCom (multiple_outputs would otherwise be inferred from the dict return type).
+    @task(trigger_rule="none_failed_min_one_success", multiple_outputs=False)
+    def publish(**context) -> dict[str, str]:
         """Hand the approved, edited image on: here it is logged and returned - put your CMS or
         delivery step here. Skipped (with the edits) when the reviewer rejects every variation."""
         edited = [result for result in context["ti"].xcom_pull(task_ids=[e.task_id for e in edits]) if result]

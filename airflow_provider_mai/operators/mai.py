@@ -66,7 +66,7 @@ class MaiBaseImageOperator(BaseOperator):
     :param mai_conn_id: the Airflow connection of type ``mai``.
     """
 
-    template_fields: Sequence[str] = ("prompt", "model", "output_path", "extra_params")
+    template_fields: Sequence[str] = ("prompt", "model", "output_path", "extra_params", "mai_conn_id")
     template_fields_renderers = {"extra_params": "json"}
     ui_color = "#e8f1fb"
     operator_extra_links = (MaiImageLink(),)

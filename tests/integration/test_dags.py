@@ -45,6 +45,17 @@ def test_every_dag_file_imports_cleanly():
     assert DagBag(dag_folder=str(REPO_ROOT / "tests" / "stack" / "dags")).import_errors == {}
 
 
+def test_example_tasks_return_one_xcom_each():
+    # A @task annotated "-> dict" gets multiple_outputs=True inferred: one XCom row per key besides the
+    # whole value. The examples say what they mean instead.
+    from airflow.dag_processing.dagbag import DagBag
+
+    examples = DagBag(dag_folder=str(EXAMPLE_DAGS))
+    tasks = [(dag.dag_id, task) for dag in examples.dags.values() for task in dag.tasks]
+    assert any(task.task_id == "report" for _, task in tasks)
+    assert [f"{d}.{task.task_id}" for d, task in tasks if getattr(task, "multiple_outputs", False)] == []
+
+
 def test_generate_then_edit_example_writes_both_images(dag_env, emulator):
     run, states, xcoms = run_dag("mai_generate_then_edit", {"output_base": str(dag_env)})
     assert run.state == "success", states

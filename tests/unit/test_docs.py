@@ -13,7 +13,10 @@ from tests.support.paths import REPO_ROOT
 ROOT = REPO_ROOT
 
 
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [
+    *(ROOT / name for name in ("README.md", "CHANGELOG.md", "CONTRIBUTING.md", "SECURITY.md")),
+    *sorted((ROOT / "docs").glob("*.md")),
+]
 
 
 def blocks(language: str) -> list[tuple[str, str]]:
@@ -27,10 +30,13 @@ def blocks(language: str) -> list[tuple[str, str]]:
 def test_every_page_is_found():
     assert {p.name for p in PAGES} >= {
         "README.md",
+        "CHANGELOG.md",
+        "CONTRIBUTING.md",
+        "SECURITY.md",
         "connections.md",
         "operators.md",
         "emulator.md",
-        "changelog.md",
+        "releasing.md",
         "ui.md",
     }
 

@@ -47,10 +47,28 @@ def test_arguments_are_kept_as_attributes_and_fields_are_templated():
         "/x/",
         "c",
     )
-    assert set(op.template_fields) == {"prompt", "model", "output_path", "width", "height", "extra_params"}
+    shared = {"prompt", "model", "output_path", "extra_params", "mai_conn_id"}
+    assert set(op.template_fields) == shared | {"width", "height"}
     edit = MaiEditImageOperator(task_id="e", prompt="p", image="/in.png")
-    assert set(edit.template_fields) == {"prompt", "model", "output_path", "image", "extra_params"}
+    assert set(edit.template_fields) == shared | {"image"}
     assert edit.mai_conn_id == "mai_default"
+
+
+@pytest.mark.parametrize("operator", ["generate", "edit"])
+def test_a_templated_connection_id_is_the_one_the_hook_uses(connect, emulator, monkeypatch, operator):
+    # Only the rendered id names a connection: were the hook made before rendering (or from the raw
+    # template), the task would fail on an unknown connection instead.
+    monkeypatch.delenv("AIRFLOW_CONN_MAI_DEFAULT")
+    connect("mai_blue")
+    kwargs = {"image": make_png()} if operator == "edit" else {}
+    cls = MaiEditImageOperator if operator == "edit" else MaiGenerateImageOperator
+    op = cls(task_id="t", prompt="a kettle", mai_conn_id="mai_{{ params.team }}", **kwargs)
+    ctx = {**context(), "params": {"team": "blue"}}
+    op.render_template_fields(ctx)
+    assert op.mai_conn_id == "mai_blue"
+    result = op.execute(ctx)
+    assert op.hook.mai_conn_id == "mai_blue"
+    assert result["sha256"] and len(emulator.requests) == 1
 
 
 def test_unknown_if_exists_is_refused_at_dag_parse_time():
