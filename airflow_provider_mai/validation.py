@@ -11,10 +11,18 @@ from collections.abc import Mapping
 from typing import Any
 
 from airflow_provider_mai.api import MAX_PIXELS, MAX_PROMPT_CHARS, MIN_SIDE
-from airflow_provider_mai.exceptions import MaiValidationError
+from airflow_provider_mai.exceptions import MaiConfigurationError, MaiValidationError
 
 #: The largest ``extra_params`` sent, as JSON: options are flags and short values, never payloads.
 MAX_EXTRA_PARAMS_BYTES = 64 * 1024
+
+#: What ``if_exists`` may be: when the output path already holds an image.
+IF_EXISTS_CHOICES = ("overwrite", "skip", "fail")
+#: How an operator names its PNG in a folder: per run (each run its own image), or per request
+#: (the same request always lands at the same path, so ``if_exists="skip"`` reuses it anywhere).
+NAMING_CHOICES = ("run", "request")
+#: The longest output file name: 255 bytes less what the write's probe and temporary names add.
+MAX_OUTPUT_NAME_BYTES = 255 - len("..0123456789ab.probe")
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
@@ -156,3 +164,16 @@ def validate_edit_image(data: Any) -> str:
         else "not an image"
     )
     raise MaiValidationError(f"edit input must be PNG or JPEG (judged by its bytes); this is {kind}")
+
+
+def check_png_name(name: str, shown: str) -> None:
+    """The file name of an output must end in ``.png`` and fit a file system's 255 bytes."""
+    if not name.lower().endswith(".png"):
+        raise MaiConfigurationError(
+            f"output_path {shown} must name a .png file (or end with '/' to name a folder): the "
+            "service always answers PNG, and the provenance sidecar takes the .json name beside it"
+        )
+    if len(name.encode()) > MAX_OUTPUT_NAME_BYTES:
+        raise MaiConfigurationError(
+            f"output_path's file name is {len(name.encode())} bytes long; at most {MAX_OUTPUT_NAME_BYTES} fit"
+        )

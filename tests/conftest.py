@@ -23,18 +23,23 @@ os.environ["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"] = json.dumps(
             "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
             "kwargs": {"path": str(path)},
         }
-        for name, path in (("examples", _ROOT / "dags"), ("test-dags", _ROOT / "tests" / "dags"))
+        for name, path in (
+            ("examples", _ROOT / "dags"),
+            ("test-dags", _ROOT / "tests" / "integration" / "dags"),
+        )
     ]
 )
 os.environ.setdefault("AIRFLOW__CORE__TEST_CONNECTION", "Enabled")
+# A DAG is re-serialized at most every 30 s by default: a test that parses a DAG differently from the
+# test before it (its Asset URI follows MAI_OUTPUT_BASE) would run the earlier test's version.
+os.environ["AIRFLOW__CORE__MIN_SERIALIZED_DAG_UPDATE_INTERVAL"] = "0"
 
 import pytest  # noqa: E402
 
 from airflow_provider_mai.emulator import MaiEmulator  # noqa: E402
+from tests.support.connections import API_KEY, emulator_connection  # noqa: E402
 
-API_KEY = "test-key-" + "k" * 48
-
-pytest_plugins = ["tests.storage_servers", "tests.browser"]
+pytest_plugins = ["tests.support.storage_servers", "tests.support.browser"]
 
 
 @pytest.fixture(scope="session")
@@ -62,29 +67,6 @@ def emulator() -> Iterator[MaiEmulator]:
 ConnectFn = Callable[..., str]
 
 
-def emulator_connection(emulator: MaiEmulator, **overrides: Any) -> str:
-    """A ``mai`` connection to the emulator, as the JSON an ``AIRFLOW_CONN_<ID>`` variable holds.
-
-    Keyword arguments override connection fields; ``extra`` is merged into the default extras.
-    Retry delays are tiny so that backoff paths run fast.
-    """
-    conn: dict[str, Any] = {
-        "conn_type": "mai",
-        "host": emulator.url,
-        "password": API_KEY,
-        "extra": {
-            "deployment": "mai-image-2-5",
-            "max_retries": 3,
-            "retry_base_delay": 0.01,
-            "retry_max_delay": 0.05,
-        },
-    }
-    extra = overrides.pop("extra", {})
-    conn.update(overrides)
-    conn["extra"] = {k: v for k, v in {**conn["extra"], **extra}.items() if v is not None}
-    return json.dumps({k: v for k, v in conn.items() if v is not None})
-
-
 @pytest.fixture
 def connect(monkeypatch: pytest.MonkeyPatch, emulator: MaiEmulator) -> ConnectFn:
     """Define an Airflow connection (as AIRFLOW_CONN_<ID> JSON) to the emulator; returns its id.
@@ -102,6 +84,6 @@ def connect(monkeypatch: pytest.MonkeyPatch, emulator: MaiEmulator) -> ConnectFn
 @pytest.fixture
 def free_port() -> int:
     """A loopback port with nothing listening on it."""
-    from tests.servers import free_port as pick
+    from tests.support.servers import free_port as pick
 
     return pick()

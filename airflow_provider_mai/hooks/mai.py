@@ -1,6 +1,6 @@
 """MaiHook: the Airflow face of the MAI image API.
 
-It turns an Airflow connection into :class:`~airflow_provider_mai.settings.MaiSettings`, owns one
+It turns an Airflow connection into :class:`~airflow_provider_mai.client.settings.MaiSettings`, owns one
 :class:`~airflow_provider_mai.client.MaiClient` (``get_conn()``: one pooled session, auth, pacing,
 retries), and offers the calls DAG authors use: :meth:`MaiHook.generate_image`,
 :meth:`MaiHook.edit_image` and :meth:`MaiHook.test_connection`.
@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
 
+from airflow_provider_mai.client.settings import MaiSettings
 from airflow_provider_mai.exceptions import MaiConfigurationError, MaiError
 from airflow_provider_mai.models import EditRequest, GenerateRequest, MaiImage
-from airflow_provider_mai.settings import MaiSettings
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
     from airflow_provider_mai.client import MaiClient
-    from airflow_provider_mai.storage import ImageSource
+    from airflow_provider_mai.inputs import ImageSource
 
 __all__ = ["MaiHook", "MaiImage"]
 
@@ -102,7 +102,10 @@ class MaiHook(BaseHook):
         from airflow.sdk.exceptions import AirflowNotFoundException
         from airflow.sdk.log import mask_secret
 
-        from airflow_provider_mai.pacing_redis import RedisRequestPacer, redis_url_from_connection
+        from airflow_provider_mai.client.pacing.redis_schedule import (
+            RedisRequestPacer,
+            redis_url_from_connection,
+        )
 
         try:
             redis_conn = self.get_connection(redis_conn_id)
@@ -145,7 +148,7 @@ class MaiHook(BaseHook):
     ) -> EditRequest:
         """The validated edit request :meth:`edit_image` sends, its input read (at most the
         connection's ``max_input_mb``; web URLs only with ``allow_http_inputs``). Nothing is sent."""
-        from airflow_provider_mai.storage import read_image_source
+        from airflow_provider_mai.inputs import read_image_source
 
         s = self.settings
         loaded = read_image_source(image, max_bytes=s.max_input_bytes, allow_http=s.allow_http_inputs)

@@ -1,8 +1,9 @@
 """Operators that generate and edit images with Microsoft Foundry MAI deployments.
 
 Both are thin: they build a validated request, call the hook's client, and hand the PNG to object
-storage (with a provenance sidecar) or to XCom. Importing this module is cheap: requests, urllib3
-and azure-identity load only when a task runs (and Pillow never: tasks do not draw).
+storage (with a provenance sidecar) or to XCom. Importing this module is cheap: it loads what a DAG
+parse needs (the literal-argument checks, the extra link) and nothing else; storage, the client,
+requests, urllib3 and azure-identity load only when a task runs (and Pillow never: tasks do not draw).
 """
 
 from __future__ import annotations
@@ -13,18 +14,24 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_mai import storage
 from airflow_provider_mai.api import EDIT_OWN_FIELDS, GENERATE_OWN_FIELDS
 from airflow_provider_mai.exceptions import MaiOutputExistsError, MaiValidationError
 from airflow_provider_mai.links import MaiImageLink
-from airflow_provider_mai.validation import validate_extra_params, validate_prompt, validate_size
+from airflow_provider_mai.validation import (
+    IF_EXISTS_CHOICES,
+    NAMING_CHOICES,
+    check_png_name,
+    validate_extra_params,
+    validate_prompt,
+    validate_size,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
     from airflow_provider_mai.hooks.mai import MaiHook
+    from airflow_provider_mai.inputs import ImageSource
     from airflow_provider_mai.models import EditRequest, GenerateRequest, ImageRecord, ImageRequest
-    from airflow_provider_mai.storage import ImageSource
 
 
 def is_literal(value: Any) -> bool:
@@ -79,12 +86,10 @@ class MaiBaseImageOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if if_exists not in storage.IF_EXISTS_CHOICES:
-            raise ValueError(
-                f"if_exists must be one of {', '.join(storage.IF_EXISTS_CHOICES)}; got {if_exists!r}"
-            )
-        if naming not in storage.NAMING_CHOICES:
-            raise ValueError(f"naming must be one of {', '.join(storage.NAMING_CHOICES)}; got {naming!r}")
+        if if_exists not in IF_EXISTS_CHOICES:
+            raise ValueError(f"if_exists must be one of {', '.join(IF_EXISTS_CHOICES)}; got {if_exists!r}")
+        if naming not in NAMING_CHOICES:
+            raise ValueError(f"naming must be one of {', '.join(NAMING_CHOICES)}; got {naming!r}")
         self.prompt = prompt
         self.model = model
         self.output_path = output_path
@@ -98,7 +103,7 @@ class MaiBaseImageOperator(BaseOperator):
         if is_literal(extra_params):
             validate_extra_params(extra_params, self.own_fields)
         if isinstance(output_path, str) and is_literal(output_path) and not output_path.endswith("/"):
-            storage.check_png_name(output_path.rsplit("/", 1)[-1], output_path)
+            check_png_name(output_path.rsplit("/", 1)[-1], output_path)
 
     @cached_property
     def hook(self) -> MaiHook:
@@ -118,6 +123,8 @@ class MaiBaseImageOperator(BaseOperator):
         return self._record.to_xcom()
 
     def _location(self, context: Context, request: ImageRequest) -> ObjectStoragePath | None:
+        from airflow_provider_mai import storage
+
         if self.output_path is None or self.output_path == "":
             return None
         if self.naming == "request":
@@ -130,6 +137,7 @@ class MaiBaseImageOperator(BaseOperator):
         return storage.resolve_output_path(self.output_path, name)
 
     def _produce(self, request: ImageRequest, location: ObjectStoragePath | None) -> ImageRecord:
+        from airflow_provider_mai import storage
         from airflow_provider_mai.models import ImageRecord
 
         if location is not None:

@@ -24,9 +24,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-import airflow_provider_mai.plugin.results as results  # (not via the package: no import circle)
+import airflow_provider_mai.plugin.queries as queries  # (not via the package: no import circle)
+import airflow_provider_mai.plugin.reads as reads
 from airflow_provider_mai.links import DEFAULT_THUMBNAIL_SIZE, THUMBNAIL_SIZES, content_tag
-from airflow_provider_mai.plugin.results import ImageUnavailableError, TaskImage, TaskInstanceRef
 from airflow_provider_mai.plugin.thumbnails import (
     ThumbnailCache,
     ThumbnailsBusyError,
@@ -35,6 +35,8 @@ from airflow_provider_mai.plugin.thumbnails import (
     make_thumbnail,
     pillow_available,
 )
+from airflow_provider_mai.plugin.trust import ImageUnavailableError
+from airflow_provider_mai.plugin.views import TaskImage, TaskInstanceRef, link_sources
 
 if TYPE_CHECKING:
     from jinja2 import Environment
@@ -43,7 +45,7 @@ if TYPE_CHECKING:
 RUNS_PER_PAGE = 10
 IMAGES_PER_RUN_IN_GALLERY = 12
 #: Images on one run or task tab (a mapped task can have thousands of map indexes). A page reads
-#: at most this many results, each within ``results.MAX_LISTED_RESULT_BYTES``.
+#: at most this many results, each within ``MAX_LISTED_RESULT_BYTES``.
 MAX_IMAGES_PER_PAGE = 500
 #: Browser caching: a URL carrying the image's content tag (``v=``, its sha256's start) names that
 #: image for good; without it, the browser revalidates (ETag) so a re-run's image is never stale.
@@ -128,7 +130,7 @@ def gallery(
 
     since_date, until_date = _parse_date("since", since), _parse_date("until", until)
     readable = get_auth_manager().get_authorized_dag_ids(user=user, method="GET")
-    runs, more = results.recent_runs(
+    runs, more = queries.recent_runs(
         session,
         readable,
         dag_id=dag_id or None,
@@ -147,7 +149,7 @@ def gallery(
         "gallery.html",
         title="MAI images",
         runs=runs,
-        dag_ids=results.dags_with_images(session, readable),
+        dag_ids=queries.dags_with_images(session, readable),
         dag_id=dag_id or "",
         since=since,
         until=until,
@@ -159,7 +161,7 @@ def gallery(
 @router.get("/run", response_class=HTMLResponse, dependencies=[XComReadAccess])
 def run_tab(dag_id: str, run_id: str, session: SessionDep) -> HTMLResponse:
     """The DAG run tab: every MAI image of one run, edits beside the images they came from."""
-    run = results.run_images(session, dag_id, run_id, limit=MAX_IMAGES_PER_PAGE)
+    run = queries.run_images(session, dag_id, run_id, limit=MAX_IMAGES_PER_PAGE)
     if run is None:
         raise HTTPException(404, f"DAG {dag_id} has no run {run_id}")
     return _page("run.html", title=f"MAI images of {run_id}", run=run)
@@ -185,7 +187,7 @@ _NO_IMAGE_BECAUSE = {
 def task_instance_tab(ti: TaskInstanceDep, session: SessionDep) -> HTMLResponse:
     """The task instance tab: its image full size with every detail and its sidecar - or a plain
     sentence saying why there is none (not a MAI task, not finished, failed)."""
-    found = results.task_instance_images(session, ti, limit=MAX_IMAGES_PER_PAGE)
+    found = queries.task_instance_images(session, ti, limit=MAX_IMAGES_PER_PAGE)
     context: dict[str, Any] = {
         "dag_id": ti.dag_id,
         "run_id": ti.run_id,
@@ -226,8 +228,8 @@ def task_instance_tab(ti: TaskInstanceDep, session: SessionDep) -> HTMLResponse:
     context["image"] = image
     if not image.unlisted:
         # Its sidecar (shown in full), then the images of its run it was edited from or into.
-        results.attach_sidecar(image)
-        results.link_sources([image, *results.related_images(session, image, limit=MAX_IMAGES_PER_PAGE)])
+        reads.attach_sidecar(image)
+        link_sources([image, *queries.related_images(session, image, limit=MAX_IMAGES_PER_PAGE)])
     return _page("task_instance.html", title=f"MAI image of {ti.label}", **context)
 
 
@@ -277,7 +279,7 @@ def sidecar(ti: TaskInstanceDep, session: SessionDep) -> JSONResponse:
     """The provenance sidecar written beside the image, as JSON."""
     image = _image_or_error(session, ti)
     try:
-        content = results.read_sidecar(image)
+        content = reads.verified_sidecar(image)
     except ImageUnavailableError as exc:
         raise HTTPException(exc.status, exc.message) from None
     if content is None:
@@ -307,14 +309,14 @@ def _image_headers(request: Request, sha256: str, etag: str) -> dict[str, str]:
 
 def _image_or_error(session: Any, ti: TaskInstanceRef) -> TaskImage:
     try:
-        return results.task_image(session, ti)
+        return queries.task_image(session, ti)
     except ImageUnavailableError as exc:
         raise HTTPException(exc.status, exc.message) from None
 
 
 def _png_or_error(session: Any, image: TaskImage) -> bytes:
     try:
-        return results.read_image(session, image)
+        return reads.read_image(session, image)
     except ImageUnavailableError as exc:
         raise HTTPException(exc.status, exc.message) from None
 

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_mai.emulator import MaiEmulator
-from tests.servers import unavailable
+from tests.support.servers import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))

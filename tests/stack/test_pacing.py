@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_mai.pacing import SAFETY_MARGIN
+from airflow_provider_mai.client.pacing.file_schedule import SAFETY_MARGIN
 from tests.stack.conftest import MEASUREMENTS, TEST_POOL, run_dag, stack_script, stray_files
 
 pytestmark = pytest.mark.stack
