@@ -47,7 +47,7 @@ ls -l "$WORK/dist"
 say "Installing the wheel into a fresh virtualenv $WORK/venv"
 "$PYTHON" -m venv "$WORK/venv"
 SMOKE="$WORK/venv/bin"
-"$SMOKE/python" -m pip install --quiet --upgrade pip
+"$SMOKE/python" -m pip install --quiet --upgrade pip 2> >(grep -v "^WARNING: Location" >&2)
 # shellcheck disable=SC2086
 "$SMOKE/python" -m pip install --quiet "${wheel}[emulator]" ${MAI_AIRFLOW:-} >"$WORK/install.log" 2>&1 ||
   fail "pip install of the wheel failed; see $WORK/install.log: $(tail -20 "$WORK/install.log")"
