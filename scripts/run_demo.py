@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.ui:
         print("See them in Airflow's UI (gallery, task tabs): bash scripts/demo.sh --ui", flush=True)
         return 0
-    return serve_ui(env, airflow_home, args.port)
+    return serve_ui(env, airflow_home, args.port, _run_id_in(lines) or _newest_run_id(env))
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -139,7 +140,17 @@ def _port_or_free(port: int) -> int:
         return sock.getsockname()[1]
 
 
+def _run_id_in(log_lines: list[str]) -> str | None:
+    """The run id that ``airflow dags test`` logged when the run finished (no second Airflow start)."""
+    for line in reversed(log_lines):
+        found = re.search(r"DagRun Finished: dag_id=\S+, .*?run_id=([^,\s]+),", line)
+        if found:
+            return found[1]
+    return None
+
+
 def _newest_run_id(env: dict[str, str]) -> str | None:
+    """The newest run of the demo's DAG, asked of Airflow (when its log did not say)."""
     listed = subprocess.run(
         [*AIRFLOW, "dags", "list-runs", DAG_ID, "--output", "json"],
         env=env,
@@ -156,8 +167,14 @@ def _newest_run_id(env: dict[str, str]) -> str | None:
     return None
 
 
-def serve_ui(env: dict[str, str], airflow_home: Path, port: int) -> int:
-    """Airflow's api-server on 127.0.0.1 with one user, until Ctrl-C; stopped by its PID."""
+def serve_ui(env: dict[str, str], airflow_home: Path, port: int, run_id: str | None) -> int:
+    """Airflow's api-server on 127.0.0.1 with one user, until Ctrl-C; stopped by its PID.
+
+    :param env: the environment the DAG run had.
+    :param airflow_home: the demo's Airflow home (the login's password file goes there).
+    :param port: the port on 127.0.0.1 (taken: another free one).
+    :param run_id: the run whose task tab to print, if known.
+    """
     port = _port_or_free(port)
     password = secrets.token_urlsafe(12)
     passwords = airflow_home / "mai_demo_passwords.json"
@@ -176,7 +193,6 @@ def serve_ui(env: dict[str, str], airflow_home: Path, port: int) -> int:
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
     }
-    run_id = _newest_run_id(env)
     log_path = airflow_home / "api-server.log"
     print(f"Starting Airflow's api-server on {url} (log: {log_path}) ...", flush=True)
     with open(log_path, "wb") as log:
