@@ -37,22 +37,28 @@ class LoadedImage:
     location: str | None
 
 
-def read_image_source(source: ImageSource, *, max_bytes: int, allow_http: bool = False) -> LoadedImage:
+def read_image_source(
+    source: ImageSource, *, max_bytes: int, allow_http: bool = False, conn_id: str | None = None
+) -> LoadedImage:
     """Load edit input from bytes, a path, an fsspec URI, an ObjectStoragePath, or an upstream MAI
     result (``uri`` or ``b64_json``), reading at most ``max_bytes`` (+1, to notice more).
 
+    :param max_bytes: the most to read (the connection's ``max_input_mb``).
     :param allow_http: read ``http(s)://`` URLs. Off by default: a template rendering a URL from
         upstream data would otherwise make the worker fetch any address.
+    :param conn_id: the connection whose limits these are, named in errors.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return LoadedImage(_bounded(bytes(source), max_bytes, "edit input"), None)
+        return LoadedImage(_bounded(bytes(source), max_bytes, "edit input", conn_id), None)
     if isinstance(source, Mapping):
         if source.get("uri"):
-            return read_image_source(str(source["uri"]), max_bytes=max_bytes, allow_http=allow_http)
+            return read_image_source(
+                str(source["uri"]), max_bytes=max_bytes, allow_http=allow_http, conn_id=conn_id
+            )
         encoded = source.get("b64_json")
         if encoded:
             if not isinstance(encoded, str) or len(encoded) > (max_bytes + 3) // 3 * 4 + 4:
-                raise _too_large("the upstream result's b64_json", max_bytes)
+                raise _too_large("the upstream result's b64_json", max_bytes, conn_id)
             try:
                 return LoadedImage(base64.b64decode(encoded, validate=True), None)
             except (binascii.Error, ValueError):
@@ -65,8 +71,8 @@ def read_image_source(source: ImageSource, *, max_bytes: int, allow_http: bool =
         raise MaiValidationError("edit input path is empty")
     if isinstance(source, str) and source.split("://", 1)[0].lower() in _HTTP_PROTOCOLS:
         if not allow_http:
-            raise _web_refused(source)
-        return LoadedImage(_fetch_web_input(source, max_bytes), public_url(source))
+            raise _web_refused(source, conn_id)
+        return LoadedImage(_fetch_web_input(source, max_bytes, conn_id), public_url(source))
     if isinstance(source, (str, os.PathLike)):
         path = open_location(source)
     elif hasattr(source, "open") and hasattr(source, "protocol"):  # ObjectStoragePath / UPath
@@ -78,8 +84,8 @@ def read_image_source(source: ImageSource, *, max_bytes: int, allow_http: bool =
         )
     if path.protocol in _HTTP_PROTOCOLS:
         if not allow_http:
-            raise _web_refused(str(path))
-        return LoadedImage(_fetch_web_input(str(path), max_bytes), public_url(str(path)))
+            raise _web_refused(str(path), conn_id)
+        return LoadedImage(_fetch_web_input(str(path), max_bytes, conn_id), public_url(str(path)))
     try:
         with path.open("rb") as handle:
             data = handle.read(max_bytes + 1)
@@ -87,7 +93,7 @@ def read_image_source(source: ImageSource, *, max_bytes: int, allow_http: bool =
         raise MaiValidationError(f"edit input not found: {path}") from None
     except IsADirectoryError:
         raise MaiValidationError(f"edit input is a folder, not an image: {path}") from None
-    return LoadedImage(_bounded(data, max_bytes, f"edit input {path}"), str(path))
+    return LoadedImage(_bounded(data, max_bytes, f"edit input {path}", conn_id), str(path))
 
 
 def public_url(url: str) -> str:
@@ -103,16 +109,20 @@ def public_url(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}"[:300]
 
 
-def _web_refused(url: str) -> MaiValidationError:
+def _connection(conn_id: str | None) -> str:
+    return f"connection {conn_id!r}" if conn_id else "the connection"
+
+
+def _web_refused(url: str, conn_id: str | None) -> MaiValidationError:
     url = public_url(url)
     return MaiValidationError(
         f"edit input {url!r} is a web URL: reading URLs is off, so a template cannot make the "
-        "worker fetch any address. Copy the image to object storage, or let the connection's owner "
-        "set the extra allow_http_inputs=true."
+        "worker fetch any address. Copy the image to object storage, or let the owner of "
+        f"{_connection(conn_id)} set its extra allow_http_inputs=true."
     )
 
 
-def _fetch_web_input(url: str, max_bytes: int) -> bytes:
+def _fetch_web_input(url: str, max_bytes: int, conn_id: str | None) -> bytes:
     """GET an opted-in web URL with the provider's bounds: a deadline, the size cap, no redirects."""
     from airflow_provider_mai import __version__
     from airflow_provider_mai.client.transport import TransportError
@@ -132,7 +142,7 @@ def _fetch_web_input(url: str, max_bytes: int) -> bytes:
         )
     except TransportError as exc:
         if exc.kind == "too_large":
-            raise _too_large(f"edit input {shown}", max_bytes) from None
+            raise _too_large(f"edit input {shown}", max_bytes, conn_id) from None
         raise MaiValidationError(f"edit input {shown!r} could not be read: {exc.reason}") from None
     finally:
         session.close()
@@ -141,14 +151,14 @@ def _fetch_web_input(url: str, max_bytes: int) -> bytes:
     return bytes(answer.take_body())
 
 
-def _too_large(what: str, max_bytes: int) -> MaiValidationError:
+def _too_large(what: str, max_bytes: int, conn_id: str | None) -> MaiValidationError:
     return MaiValidationError(
-        f"{what} is larger than {max_bytes / 1048576:g} MB, the connection's max_input_mb: "
+        f"{what} is larger than {max_bytes / 1048576:g} MB, the max_input_mb of {_connection(conn_id)}: "
         "use a smaller image (the service scales edits to about one megapixel anyway)"
     )
 
 
-def _bounded(data: bytes, max_bytes: int, what: str) -> bytes:
+def _bounded(data: bytes, max_bytes: int, what: str, conn_id: str | None) -> bytes:
     if len(data) > max_bytes:
-        raise _too_large(what, max_bytes)
+        raise _too_large(what, max_bytes, conn_id)
     return data

@@ -7,6 +7,11 @@ never a URL's query or fragment. Edit inputs are read in :mod:`airflow_provider_
 Writes are atomic from a reader's view: a local file is written to a temporary name and renamed
 (or hard-linked, for an exclusive create); an object store receives a single put. The PNG goes first
 and the provenance sidecar second, so a sidecar always describes a complete image.
+
+Buckets and containers are never created. Folders inside them need no creating (a put names the
+whole key), and fsspec's ``mkdir`` on S3, Azure Blob or GCS would create the bucket or container
+itself when it is missing. :func:`check_output` asks the store whether it exists before any
+request is sent.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_mai.exceptions import MaiConfigurationError, MaiOutputExistsError
+from airflow_provider_mai.exceptions import MaiConfigurationError, MaiError, MaiOutputExistsError
 from airflow_provider_mai.validation import check_png_name
 
 if TYPE_CHECKING:
@@ -34,6 +39,8 @@ SIDECAR_SUFFIX = ".json"
 MAX_FILE_NAME_BYTES = 200
 #: Object stores whose fsspec file system refuses a put over an existing object (``mode="create"``).
 _EXCLUSIVE_PUT_PROTOCOLS = frozenset({"s3", "s3a", "abfs", "abfss", "az"})
+#: Object stores whose first path part is a bucket or container, which the provider never creates.
+_BUCKET_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az", "oss"})
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -122,19 +129,25 @@ def check_output(path: ObjectStoragePath) -> None:
     The name must end in ``.png`` (the service always answers PNG; and a ``.json`` name would be
     its own sidecar) and fit the file system. A local location is probed for real: the folder is
     created and a probe file written and removed - permission bits cannot tell (root ignores them;
-    read-only mounts and virtual file systems do not show in them). Object stores are checked by
-    the write itself: probing them would cost a request and a delete permission.
+    read-only mounts and virtual file systems do not show in them); a dangling symbolic link there
+    is refused, naming where it points. On an object store the bucket or container must exist
+    (:func:`check_bucket`); writing itself is checked by the write (probing would cost a request
+    and a delete permission).
     """
     check_png_name(path.name, str(path))
     if not is_local(path):
+        if path.protocol in _BUCKET_PROTOCOLS:
+            check_bucket(path)
         return
     target = Path(path.path)
     if target.is_dir():
         raise MaiConfigurationError(
             f"output_path {path} is an existing folder: end it with '/' to let the operator name the file"
         )
+    _refuse_dangling_link(target, path)
     ancestor = target.parent
     while not ancestor.exists() and ancestor != ancestor.parent:
+        _refuse_dangling_link(ancestor, path)
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise MaiConfigurationError(f"cannot write to {path}: {ancestor} is a file, not a folder")
@@ -148,6 +161,68 @@ def check_output(path: ObjectStoragePath) -> None:
         raise MaiConfigurationError(f"cannot write to {path}: no write permission on {ancestor}") from None
     except OSError as exc:
         raise MaiConfigurationError(f"cannot write to {path}: {exc.strerror or exc}") from None
+
+
+def _refuse_dangling_link(local: Path, path: ObjectStoragePath) -> None:
+    """A symbolic link at ``local`` that leads nowhere would be replaced (or, for an exclusive
+    write, refused after the request was paid for): say what is there, before sending."""
+    if not local.is_symlink() or local.exists():
+        return
+    try:
+        points_to = os.readlink(local)
+    except OSError:
+        points_to = "?"
+    where = "output_path" if str(local) == path.path else f"{local}, on the way to output_path {path},"
+    raise MaiConfigurationError(
+        f"{where} is a symbolic link to {points_to[:300]!r}, which does not exist (a missing mount or "
+        "a removed file?): remove the link or point it at a real location; nothing was sent"
+    )
+
+
+def check_bucket(path: ObjectStoragePath) -> None:
+    """Refuse ``path`` on an object store when its bucket or container does not exist.
+
+    The provider never creates one: on real AWS that is a stray bucket (or an AccessDenied after
+    the image was paid for). S3 is asked with HeadBucket: "not found" is refused, "access denied"
+    is let through (a role may write keys without the right to look at the bucket; the put will
+    tell). Azure Blob and others are asked through fsspec's ``exists`` (adlfs counts a container it
+    may not look at as existing). A store that cannot be reached is an error too, before sending.
+    """
+    protocol = path.protocol
+    kind = "container" if protocol in ("abfs", "abfss", "az") else "bucket"
+    bucket = path.path.split("/", 1)[0]
+    if not bucket:
+        raise MaiConfigurationError(f"output_path {path} names no {kind}")
+    try:
+        if protocol in ("s3", "s3a"):
+            try:
+                path.fs.call_s3("head_bucket", Bucket=bucket)
+                found = True
+            except FileNotFoundError:
+                found = False
+            except PermissionError:
+                return  # may not look: the put itself will say whether it may write
+        else:
+            path.fs.invalidate_cache(bucket)
+            found = bool(path.fs.exists(bucket))
+    except Exception as exc:  # the store's own text may quote a signed URL or a key: name the class
+        said = (
+            f"could not check that the {kind} {bucket!r} of output_path {path} exists ({type(exc).__name__})"
+        )
+        if getattr(path, "conn_id", None):  # perhaps a passing network failure: task retries may help
+            raise MaiError(f"{said}; nothing was sent") from None
+        # Most likely the path itself: without a connection the store's library uses its own
+        # credentials and endpoint (for s3://, boto3's; ~10 s of retries when there are none).
+        raise MaiConfigurationError(
+            f"{said}; nothing was sent. The path names no Airflow connection: write "
+            f"{protocol}://<conn_id>@{bucket}/... so that the connection's endpoint and credentials are used"
+        ) from None
+    if not found:
+        raise MaiConfigurationError(
+            f"the {kind} {bucket!r} of output_path {path} does not exist: the provider never creates "
+            f"buckets or containers. Create it (or correct the name) and run the task again; nothing "
+            "was sent"
+        )
 
 
 def read_sidecar(png_path: ObjectStoragePath) -> dict[str, Any] | None:
@@ -236,7 +311,9 @@ def _write(path: ObjectStoragePath, data: bytes, *, exclusive: bool = False) -> 
         _write_local(Path(path.path), data, exclusive=exclusive)
         return
     # Object stores publish an object only when its single put completes: never half an object.
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # A bucket store needs no folders (and its mkdir would create a missing bucket or container).
+    if path.protocol not in _BUCKET_PROTOCOLS:
+        path.parent.mkdir(parents=True, exist_ok=True)
     if exclusive and path.protocol in _EXCLUSIVE_PUT_PROTOCOLS:
         try:
             path.fs.pipe_file(path.path, data, mode="create")  # a conditional put (If-None-Match: *)

@@ -41,7 +41,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import stack as stack_script  # noqa: E402  (scripts/stack.py)
+from stack import airflow as stack_airflow  # noqa: E402  (scripts/stack/)
+from stack import config, rest, state  # noqa: E402  (scripts/stack/)
 
 SETTINGS = ("off", "file", "shared", "redis")
 DAG_ID = "mai_stack_generate"
@@ -51,17 +52,17 @@ def instant(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def connection_extra(setting: str, rpm: int, stack: stack_script.Stack) -> dict[str, Any]:
+def connection_extra(setting: str, rpm: int, stack: state.Stack) -> dict[str, Any]:
     if setting == "off":
         return {}
     if setting == "file":
         return {"rpm": rpm}
     if setting == "shared":
         return {"rpm": rpm, "rpm_state_dir": str(stack.folder / "pacing-bench" / uuid.uuid4().hex[:8])}
-    return {"rpm": rpm, "rpm_redis_conn_id": stack_script.PACING_REDIS_CONN}
+    return {"rpm": rpm, "rpm_redis_conn_id": config.PACING_REDIS_CONN}
 
 
-def slot_seconds(api: stack_script.AirflowApi, run_id: str, ti: dict[str, Any]) -> float:
+def slot_seconds(api: rest.AirflowApi, run_id: str, ti: dict[str, Any]) -> float:
     """Seconds the task instance held a worker slot, over all its tries."""
     if ti["try_number"] <= 1:
         return float(ti["duration"] or 0.0)
@@ -71,8 +72,8 @@ def slot_seconds(api: stack_script.AirflowApi, run_id: str, ti: dict[str, Any]) 
 
 
 def run(
-    stack: stack_script.Stack,
-    api: stack_script.AirflowApi,
+    stack: state.Stack,
+    api: rest.AirflowApi,
     setting: str,
     images: int,
     rpm: int,
@@ -86,7 +87,7 @@ def run(
     output = stack.output / "bench" / f"{setting}-{tag}"
     with MaiEmulator(api_key=stack.secrets["api_key"], rpm=rpm, latency=latency) as emulator:
         extra = connection_extra(setting, rpm, stack)
-        api.put_connection(stack_script.mai_connection(stack, "mai_stack", emulator.url, **extra))
+        api.put_connection(stack_airflow.mai_connection(stack, "mai_stack", emulator.url, **extra))
         api.put_pool("mai_stack", pool, "stack benchmark")
         started = time.time()
         dag_run = api.trigger(DAG_ID, {"prompts": prompts, "output_base": str(output)})
@@ -142,13 +143,13 @@ def main() -> None:
     low, _, high = args.latency.partition("-")
     latency = (float(low), float(high or low))
 
-    stack = stack_script.Stack()
+    stack = state.Stack()
     if stack.running("api-server") is None:
         raise SystemExit("the stack is not up: bash scripts/stack.sh up")
     api = stack.api()
     print(
         f"R = {args.rpm} RPM, N = {args.images} images, latency {args.latency} s, pool {args.pool}, "
-        f"2 Celery workers x {stack_script.setting('WORKER_CONCURRENCY', '4')} slots",
+        f"2 Celery workers x {config.setting('WORKER_CONCURRENCY', '4')} slots",
         flush=True,
     )
     print(

@@ -1,6 +1,6 @@
 """The host name Airflow records for this process (``AIRFLOW__CORE__HOSTNAME_CALLABLE``).
 
-``scripts/stack.py`` runs two Celery workers on one machine: both would report the same host name,
+``scripts/stack.sh`` runs two Celery workers on one machine: both would report the same host name,
 and task instances could not tell which worker ran them. Each worker process gets its own
 ``MAI_STACK_HOSTNAME``; every other process reports the machine's name as Airflow does by default.
 """

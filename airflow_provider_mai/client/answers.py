@@ -101,13 +101,17 @@ def transport_error(
             if s.ca_bundle
             else "for a TLS-inspecting proxy set the connection extra 'ca_bundle'"
         )
-        return MaiConfigurationError(f"TLS verification of {s.endpoint} failed: {hint}", **common)
+        return MaiConfigurationError(
+            f"connection {s.conn_id!r}: TLS verification of {s.endpoint} failed: {hint}", **common
+        )
     if exc.kind == "invalid":
         return MaiConfigurationError(
             f"connection {s.conn_id!r}: {exc.reason}: check its host and credentials", **common
         )
     if exc.kind == "too_large":
-        return MaiResponseTooLargeError(f"{url} for deployment {deployment!r}: {exc.reason}", **common)
+        return MaiResponseTooLargeError(
+            f"{url} for deployment {deployment!r} (connection {s.conn_id!r}): {exc.reason}", **common
+        )
     if exc.kind == "broken":
         return MaiResponseError(f"{url} for deployment {deployment!r}: {exc.reason}", **common)
     if exc.kind == "connect":
@@ -292,7 +296,7 @@ def error_for_response(
     endpoint: str,
     deployment: str,
     attempts: int,
-    conn_id: str = "mai_default",
+    conn_id: str,
 ) -> MaiError:
     """Map a non-200 answer to the error a caller should see. The only place statuses become errors."""
     code, message, details = error_body(content)
@@ -339,8 +343,9 @@ def error_for_response(
         )
     if status_code == 403:
         return MaiAuthenticationError(
-            f"The service at {endpoint} forbids the request (403): {said}. Check the resource's "
-            "network rules (firewall, private endpoint) and the identity's role assignment.",
+            f"The service at {endpoint} forbids the request of connection {conn_id!r} (403): {said}. "
+            "Check the resource's network rules (firewall, private endpoint) and the identity's role "
+            "assignment.",
             **common,
         )
     if status_code == 404:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from airflow_provider_mai.api import ENTRA_SCOPE
-from airflow_provider_mai.exceptions import MaiConfigurationError
+from airflow_provider_mai.exceptions import MaiConfigurationError, MaiError, MaiTransientError
 
 if TYPE_CHECKING:
     from azure.core.credentials import AccessToken, TokenCredential
@@ -32,22 +32,73 @@ def build_credential(settings: MaiSettings) -> TokenCredential:
     managed identity (``managed_identity_client_id``), else ``DefaultAzureCredential``.
     """
     s = settings
-    if s.tenant_id or s.client_id or s.client_secret:
-        if not (s.tenant_id and s.client_id and s.client_secret):
-            raise MaiConfigurationError(
-                f"connection {s.conn_id!r}: an Entra ID service principal needs all of tenant_id, "
-                "client_id and client_secret"
-            )
-        from azure.identity import ClientSecretCredential
+    authority = {"authority": s.authority} if s.authority else {}
+    try:
+        if s.tenant_id and s.client_id and s.client_secret:  # all three or none (settings checked)
+            from azure.identity import ClientSecretCredential
 
-        return ClientSecretCredential(s.tenant_id, s.client_id, s.client_secret)
-    if s.managed_identity_client_id:
-        from azure.identity import ManagedIdentityCredential
+            return ClientSecretCredential(s.tenant_id, s.client_id, s.client_secret, **authority)
+        if s.managed_identity_client_id:
+            from azure.identity import ManagedIdentityCredential
 
-        return ManagedIdentityCredential(client_id=s.managed_identity_client_id)
-    from azure.identity import DefaultAzureCredential
+            return ManagedIdentityCredential(client_id=s.managed_identity_client_id)
+        from azure.identity import DefaultAzureCredential
 
-    return DefaultAzureCredential()
+        return DefaultAzureCredential(**authority)
+    except ValueError as exc:  # a shape azure-identity refuses that ours let through: its text is not ours
+        raise MaiConfigurationError(
+            f"connection {s.conn_id!r}: azure-identity refused its Entra ID fields ({type(exc).__name__}): "
+            "check tenant_id, client_id and authority"
+        ) from None
+
+
+#: What a failed token fetch means, by the class names in its chain (azure-identity wraps a network
+#: failure in ClientAuthenticationError, caused by azure-core's ServiceRequestError): first match wins.
+_UNAVAILABLE = frozenset({"CredentialUnavailableError"})
+_UNREACHABLE = frozenset({"ServiceRequestError", "ServiceResponseError", "OSError", "TimeoutError"})
+_REJECTED = frozenset({"ClientAuthenticationError"})
+
+
+def _token_failure(exc: BaseException, settings: MaiSettings) -> MaiError:
+    """The error a failed token fetch means, in our words (its text may quote the secret)."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(chain) < 10:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+
+    def found(kinds: frozenset[str]) -> str | None:
+        """The class name of the first error in the chain that is one of ``kinds`` (or a subclass)."""
+        for error in chain:
+            if kinds & {cls.__name__ for cls in type(error).__mro__}:
+                return type(error).__name__
+        return None
+
+    which = f"connection {settings.conn_id!r}"
+    kind = type(exc).__name__
+    if found(_UNAVAILABLE):
+        return MaiConfigurationError(
+            f"{which}: no Microsoft Entra ID credential is available on this worker ({kind}). Set "
+            "tenant_id, client_id and client_secret, or managed_identity_client_id, or give the worker "
+            "an identity (AZURE_* environment variables, a managed identity, az login)"
+        )
+    network = found(_UNREACHABLE)
+    if network:
+        shown = kind if network == kind else f"{kind} from {network}"
+        return MaiTransientError(
+            f"{which}: could not reach Microsoft Entra ID for a token ({shown}); nothing was sent to "
+            "the MAI service. Check the worker's network route to the authority "
+            f"({settings.authority or 'login.microsoftonline.com'}); a task retry may succeed"
+        )
+    if found(_REJECTED):
+        return MaiConfigurationError(
+            f"{which}: Microsoft Entra ID refused the credentials ({kind}). Check tenant_id, client_id "
+            "and client_secret (expired?), or the worker's managed identity"
+        )
+    return MaiConfigurationError(
+        f"could not get a Microsoft Entra ID token for {ENTRA_SCOPE}: {kind}. Check the Entra ID "
+        f"fields of {which} or the worker's managed identity."
+    )
 
 
 class Credentials:
@@ -99,12 +150,8 @@ class Credentials:
             self._credential = build_credential(self._settings)
         try:
             token = self._credential.get_token(ENTRA_SCOPE)
-        except Exception as exc:  # its text may quote the secret: name the type only
-            raise MaiConfigurationError(
-                f"could not get a Microsoft Entra ID token for {ENTRA_SCOPE}: {type(exc).__name__}. "
-                f"Check the Entra ID fields of connection {self._settings.conn_id!r} or the worker's "
-                "managed identity."
-            ) from None
+        except Exception as exc:  # its text may quote the secret: our words, by its type
+            raise _token_failure(exc, self._settings) from None
         value = (token.token or "").strip()
         if not value or len(value) > MAX_TOKEN_LENGTH or not value.isascii() or not value.isprintable():
             raise MaiConfigurationError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,12 @@ MIB = 1024 * 1024
 MAX_API_KEY_LENGTH = 1024
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
+#: Entra ID application, client and directory ids are GUIDs.
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+#: A directory may also be named by one of its domains (``contoso.onmicrosoft.com``); an authority
+#: is a host name (``login.microsoftonline.us``).
+_DOMAIN = re.compile(rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})+")
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,12 @@ class MaiSettings:
         been billed): a timeout, a cut-off answer, a 5xx.
     :param allow_http_inputs: accept ``http(s)://`` URLs as edit input (off: the worker fetches no URL
         a template renders).
+    :param tenant_id: Entra ID service principal: the directory (tenant) id, a GUID or a domain.
+    :param client_id: Entra ID service principal: the application (client) id, a GUID.
+    :param client_secret: Entra ID service principal: its secret.
+    :param managed_identity_client_id: Entra ID user-assigned managed identity: its client id, a GUID.
+    :param authority: the Entra ID authority host for a national cloud (e.g.
+        ``https://login.microsoftonline.us``); None: azure-identity's default (the public cloud).
     """
 
     conn_id: str
@@ -57,6 +70,7 @@ class MaiSettings:
     client_id: str | None = None
     client_secret: str | None = field(default=None, repr=False)
     managed_identity_client_id: str | None = None
+    authority: str | None = None
     timeout: float = DEFAULT_TIMEOUT
     max_retries: int = DEFAULT_MAX_RETRIES
     retry_base_delay: float = 2.0
@@ -108,16 +122,14 @@ class MaiSettings:
             raise extras.error(f"extra 'auth_type' must be 'api_key' or 'entra_id', got {auth_type!r}")
         if auth_type == "api_key" and not api_key:
             raise extras.error("auth_type is api_key but there is no password: put the API key there")
+        entra = _entra_fields(extras) if auth_type == "entra_id" else {}
         return cls(
             conn_id=conn_id,
             endpoint=normalise_endpoint(host, port, conn_id=conn_id),
             deployment=extras.text("deployment"),
             auth_type=auth_type,
             api_key=api_key,
-            tenant_id=extras.text("tenant_id"),
-            client_id=extras.text("client_id"),
-            client_secret=extras.text("client_secret"),
-            managed_identity_client_id=extras.text("managed_identity_client_id"),
+            **entra,
             timeout=extras.number("timeout", DEFAULT_TIMEOUT, low=0.001, high=86_400.0),
             max_retries=extras.number("max_retries", DEFAULT_MAX_RETRIES, low=0, high=50, cast=int),
             retry_base_delay=extras.number("retry_base_delay", 2.0, low=0.0, high=600.0),
@@ -203,6 +215,51 @@ class _Extras:
         raise self.error(f"extra {name!r} must be true or false, got {value!r}")
 
 
+def _entra_fields(extras: _Extras) -> dict[str, str | None]:
+    """The Entra ID extras, checked for their shape now: azure-identity would refuse a malformed
+    one only when the first token is fetched, with a ValueError of its own (and task retries spent)."""
+    fields = {
+        name: extras.text(name)
+        for name in ("tenant_id", "client_id", "client_secret", "managed_identity_client_id", "authority")
+    }
+    principal = ("tenant_id", "client_id", "client_secret")
+    missing = [name for name in principal if not fields[name]]
+    if 0 < len(missing) < len(principal):
+        raise extras.error(
+            "an Entra ID service principal needs all of tenant_id, client_id and client_secret "
+            f"(missing: {', '.join(missing)})"
+        )
+    tenant = fields["tenant_id"]
+    if tenant and not (_GUID.fullmatch(tenant) or (len(tenant) <= 253 and _DOMAIN.fullmatch(tenant))):
+        raise extras.error(
+            "extra 'tenant_id' must be the directory (tenant) id - a GUID like "
+            "00000000-0000-0000-0000-000000000000 - or one of its domains, like contoso.onmicrosoft.com; "
+            f"got {tenant[:100]!r}"
+        )
+    for name in ("client_id", "managed_identity_client_id"):
+        value = fields[name]
+        if value and not _GUID.fullmatch(value):
+            raise extras.error(
+                f"extra {name!r} must be a client id, a GUID like 00000000-0000-0000-0000-000000000000; "
+                f"got {value[:100]!r}"
+            )
+    if fields["authority"]:
+        fields["authority"] = _authority(extras, fields["authority"])
+    return fields
+
+
+def _authority(extras: _Extras, text: str) -> str:
+    """``https://<host>`` from an authority given as a host or an https URL (nothing else)."""
+    host = text[len("https://") :] if text.lower().startswith("https://") else text
+    host = host.rstrip("/")
+    if "://" in host or not (len(host) <= 253 and _DOMAIN.fullmatch(host)):
+        raise extras.error(
+            "extra 'authority' must be an Entra ID authority host, like login.microsoftonline.us or "
+            f"https://login.microsoftonline.us; got {text[:100]!r}"
+        )
+    return f"https://{host.lower()}"
+
+
 def _api_key(conn_id: str, password: str | None) -> str | None:
     """The key with surrounding whitespace stripped (secret files end in a newline).
 
@@ -232,26 +289,28 @@ def _is_loopback(hostname: str) -> bool:
         return False
 
 
-def normalise_endpoint(host: str | None, port: int | None = None, *, conn_id: str = "mai_default") -> str:
+def normalise_endpoint(host: str | None, port: int | None = None, *, conn_id: str | None = None) -> str:
     """``https://<resource>.services.ai.azure.com`` from what a user typed in the connection host.
 
     No scheme means https; a trailing ``/`` (or a pasted ``/mai/v1`` path) is dropped. The host is
     judged exactly as the transport (urllib3) will connect to it: anything the two URL parsers could
     read differently - a backslash, user info, whitespace, a query - is refused. Plain http is
-    accepted only for loopback hosts, so keys never travel in clear text.
+    accepted only for loopback hosts, so keys never travel in clear text. Errors name ``conn_id``
+    (never a default's name: a message must name the connection actually used).
     """
+    which = f"connection {conn_id!r}" if conn_id else "the connection"
     from urllib3.exceptions import LocationParseError
     from urllib3.util import parse_url
 
     def refuse(why: str) -> MaiConfigurationError:
         # A host with '@' may hold 'user:password@': it is never quoted, not even in part.
         shown = "(not shown: it holds an '@')" if "@" in (host or "") else repr((host or "").strip()[:200])
-        return MaiConfigurationError(f"connection {conn_id!r}: the host {shown} {why}")
+        return MaiConfigurationError(f"{which}: the host {shown} {why}")
 
     text = (host or "").strip()
     if not text:
         raise MaiConfigurationError(
-            f"connection {conn_id!r} has no host: set it to https://<resource-name>.services.ai.azure.com"
+            f"{which} has no host: set it to https://<resource-name>.services.ai.azure.com"
         )
     if any(ch in text for ch in "\\@?#") or any(ord(ch) <= 0x20 or ord(ch) == 0x7F for ch in text):
         raise refuse(
@@ -284,7 +343,7 @@ def normalise_endpoint(host: str | None, port: int | None = None, *, conn_id: st
     netloc = ours.netloc
     if port and our_port is None:
         if not 0 < int(port) < 65536:
-            raise MaiConfigurationError(f"connection {conn_id!r}: port {port} is not a TCP port")
+            raise MaiConfigurationError(f"{which}: port {port} is not a TCP port")
         netloc = f"{netloc}:{int(port)}"
     path = ours.path.rstrip("/")
     if path.endswith("/mai/v1"):

@@ -16,7 +16,7 @@ import random
 import struct
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -40,15 +40,83 @@ REFUSED_PARAMS = frozenset({"seed", "negative_prompt", "response_format"})
 DEFAULT_BLOCKED_TERMS = ("emulator-blocked", "[violence]")
 
 
+#: Bytes of PNG turned into base64 at a time when a success body is streamed (a multiple of 3, so
+#: the pieces join into one base64 text); 48 KiB in, 64 KiB out.
+_B64_CHUNK = 3 * 16 * 1024
+
+
+@dataclass(frozen=True)
+class SuccessBody:
+    """A success body before it is JSON: its fields and the PNG that ``data[0].b64_json`` carries.
+
+    Sent with :meth:`chunks`, an answer costs its PNG (shared with the render cache when the same
+    image was drawn before) and 64 KiB, not the ~4 copies its base64 and JSON texts would.
+
+    :param fields: ``created``, ``model``, ``size``, ``usage``.
+    :param png: the image.
+    """
+
+    fields: dict[str, Any]
+    png: bytes
+
+    def as_json(self) -> dict[str, Any]:
+        """The body as a dict, the image in base64 text."""
+        return {**self.fields, "data": [{"b64_json": base64.b64encode(self.png).decode("ascii")}]}
+
+    def _ends(self) -> tuple[bytes, bytes]:
+        # The same bytes json.dumps(self.as_json()) gives: "data" is the last key.
+        head = json.dumps({**self.fields, "data": [{"b64_json": ""}]}).encode()
+        cut = head.rindex(b'""') + 1
+        return head[:cut], head[cut:]
+
+    def __len__(self) -> int:
+        """The length of the JSON text in bytes."""
+        head, tail = self._ends()
+        return len(head) + 4 * ((len(self.png) + 2) // 3) + len(tail)
+
+    def chunks(self, limit: int | None = None) -> Iterator[bytes]:
+        """The JSON text in pieces of at most 64 KiB, stopping after ``limit`` bytes if given.
+
+        :param limit: how many bytes to give in all (None: the whole text).
+        """
+        head, tail = self._ends()
+        left = len(self) if limit is None else limit
+
+        def pieces() -> Iterator[bytes]:
+            yield head
+            view = memoryview(self.png)
+            for start in range(0, len(view), _B64_CHUNK):
+                yield base64.b64encode(view[start : start + _B64_CHUNK])
+            yield tail
+
+        for piece in pieces():
+            if left <= 0:
+                return
+            yield piece[:left]
+            left -= len(piece)
+
+
 @dataclass
 class Reply:
     """An answer to send: status, body (dict as JSON, str or bytes), headers, and how long the
-    service "worked" on it before answering."""
+    service "worked" on it before answering.
+
+    A success can leave its body to be drawn later (``draw``): a server then waits out ``delay``
+    holding no image, and draws the body only when it is about to send it.
+    """
 
     status: int
     body: Any
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    #: Makes the body (renders the image); None when ``body`` is ready. May raise :class:`Refusal`.
+    draw: Callable[[], SuccessBody] | None = None
+
+    def drawn(self) -> Reply:
+        """This reply with its body made (itself when there is nothing to draw)."""
+        if self.draw is None:
+            return self
+        return Reply(self.status, self.draw(), self.headers, self.delay)
 
 
 class Refusal(Exception):
@@ -118,9 +186,19 @@ class MaiProtocol:
         self._random_lock = threading.Lock()
 
     def answer(
-        self, path: str, headers: Mapping[str, str], raw: bytes
+        self, path: str, headers: Mapping[str, str], raw: bytes, *, draw_later: bool = False
     ) -> tuple[Reply, dict[str, Any], bytes | None]:
-        """The reply to a POST, with the request's parsed fields and edit image (for the log)."""
+        """The reply to a POST, with the request's parsed fields and edit image (for the log).
+
+        :param path: the request's path (a query string is ignored).
+        :param headers: the request's headers, names in lower case.
+        :param raw: the request's body.
+        :param draw_later: leave a success's image undrawn (``Reply.draw``; ``Reply.drawn()``
+            makes it, a :class:`SuccessBody`), so that a caller can wait out the latency without
+            holding it, bound how many images are drawn at once, and stream the answer. Every
+            refusal but an undecodable edit input is still decided here, at once. Without it, a
+            success's body is the JSON dict.
+        """
         fields: dict[str, Any] = {}
         image: bytes | None = None
         try:
@@ -137,7 +215,10 @@ class MaiProtocol:
                 )
             editing = path == EDITS_PATH
             fields, image = self._parse(headers, raw, editing)
-            return self._serve(fields, image, editing), fields, image
+            reply = self._serve(fields, image, editing)
+            if not draw_later:
+                reply = Reply(reply.status, reply.drawn().body.as_json(), reply.headers, reply.delay)
+            return reply, fields, image
         except Refusal as refusal:
             return refusal.reply, fields, image
 
@@ -164,14 +245,23 @@ class MaiProtocol:
         prompt = self._check_fields(fields, model, editing)
         if editing:
             self._image_ok(image)
-            try:
-                png = render.render_edit(image or b"", prompt, model)
-            except Exception:
-                raise Refusal(400, "invalid_image_format", "The image could not be decoded.") from None
+            source = image or b""
+
+            def draw() -> SuccessBody:
+                try:
+                    png = render.render_edit(source, prompt, model)
+                except Exception:
+                    raise Refusal(400, "invalid_image_format", "The image could not be decoded.") from None
+                return self._success_body(png, prompt, model, source)
         else:
             width, height = render.generation_size(int(fields["width"]), int(fields["height"]))
-            png = render.render_generation(prompt, width, height, model)
-        return Reply(200, self._success_body(png, prompt, model, image), delay=self._latency())
+
+            def draw() -> SuccessBody:
+                return self._success_body(
+                    render.render_generation(prompt, width, height, model), prompt, model, None
+                )
+
+        return Reply(200, None, delay=self._latency(), draw=draw)
 
     def _latency(self) -> float:
         if isinstance(self.latency, tuple):
@@ -278,19 +368,16 @@ class MaiProtocol:
     def _image_ok(image: bytes | None) -> None:
         if not image or not (image.startswith(b"\x89PNG\r\n\x1a\n") or image.startswith(b"\xff\xd8\xff")):
             raise Refusal(400, "invalid_image_format", "The image must be a PNG or JPEG file.")
+        if not render.readable(image):  # the header only: cheap, so a bad input is refused at once
+            raise Refusal(400, "invalid_image_format", "The image could not be decoded.")
 
     @staticmethod
-    def _success_body(png: bytes, prompt: str, model: str, image: bytes | None) -> dict[str, Any]:
+    def _success_body(png: bytes, prompt: str, model: str, image: bytes | None) -> SuccessBody:
         width, height = struct.unpack(">II", png[16:24])
         usage = {
             "num_input_text_tokens": max(1, len(prompt) // 4),
             "num_input_image_tokens": (len(image) // 1024 if image else 0),
             "num_output_tokens": width * height // 1024,
         }
-        return {
-            "created": int(time.time()),
-            "model": model,
-            "size": f"{width}x{height}",
-            "usage": usage,
-            "data": [{"b64_json": base64.b64encode(png).decode("ascii")}],
-        }
+        fields = {"created": int(time.time()), "model": model, "size": f"{width}x{height}", "usage": usage}
+        return SuccessBody(fields, png)

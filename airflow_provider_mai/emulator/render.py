@@ -111,6 +111,17 @@ def render_generation(prompt: str, width: int, height: int, model: str) -> bytes
     return _encode(image)
 
 
+def readable(source: bytes) -> bool:
+    """Whether Pillow can read the image's header (its pixels are decoded only when drawn)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(source)) as opened:
+            return opened.width > 0 and opened.height > 0
+    except Exception:
+        return False
+
+
 def render_edit(source: bytes, prompt: str, model: str) -> bytes:
     """The input image, rescaled like the service does, tinted, posterised and captioned."""
     from PIL import Image, ImageDraw, ImageOps

@@ -4,8 +4,11 @@ The service's rules live in :mod:`~airflow_provider_mai.emulator.protocol`; this
 them on a loopback port, records every request, and lets tests inject faults (a status, a dropped
 or reset connection, a truncated or malformed body, a delay) into the next requests. It is what
 every user's CI runs, so it is bounded itself: request bodies (64 MiB, a valid ``Content-Length``
-required), connections served at once, and idle connections (closed after ``idle_timeout``); it
-stops promptly even when every connection slot is held.
+required), connections served at once (more wait in the listen backlog), idle connections (closed
+after ``idle_timeout``), and images drawn at once: a success waits out its latency holding no
+image, a small pool of render threads draws it, and its JSON is streamed in 64 KiB pieces, so a
+burst of answers costs a few images' memory, not one per connection. It stops promptly even when
+every slot is held.
 """
 
 from __future__ import annotations
@@ -28,15 +31,46 @@ from airflow_provider_mai.emulator.protocol import (
     EDIT_MODELS,
     MaiProtocol,
     RateLimiter,
+    Refusal,
     Reply,
+    SuccessBody,
 )
 
 if TYPE_CHECKING:
     import ssl
+    from concurrent.futures import ThreadPoolExecutor
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
 #: Seconds an open connection may sit without sending a byte before it is closed.
 DEFAULT_IDLE_TIMEOUT = 30.0
+#: Connections served at once (a thread each): twice the 256 a deferrable batch holds in flight,
+#: so a second client (a health check, a sync worker) is never queued behind it.
+DEFAULT_MAX_CONCURRENCY = 512
+#: Connections the kernel keeps waiting to be accepted once every slot is taken. Past it, Linux
+#: answers new connections with SYN cookies and resets; it caps the value at ``net.core.somaxconn``.
+DEFAULT_BACKLOG = 1024
+#: Images drawn at once. Drawing is CPU-bound (~0.13 CPU-s and ~25 MB of pixels for 1 MP), so more
+#: threads than this add memory, not speed, on the small machines CI runs on.
+DEFAULT_MAX_RENDERS = 4
+_SOMAXCONN = "/proc/sys/net/core/somaxconn"
+
+
+def listen_backlog_cap() -> int | None:
+    """The kernel's cap on a listen backlog (Linux ``net.core.somaxconn``); None where unknown."""
+    try:
+        with open(_SOMAXCONN) as file:
+            return int(file.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _encode(body: Any) -> tuple[bytes, str]:
+    """The bytes and content type a reply body is sent as (a :class:`SuccessBody` is streamed)."""
+    if isinstance(body, (dict, list)):
+        return json.dumps(body).encode(), "application/json"
+    if isinstance(body, str):
+        return body.encode(), "text/html" if body.lstrip().startswith("<") else "text/plain"
+    return body or b"", "application/octet-stream"
 
 
 @dataclass
@@ -105,6 +139,8 @@ class RecordedRequest:
     fault: Fault | None = None
     #: When the request arrived (wall-clock seconds), e.g. to check how requests were paced.
     received: float = field(default_factory=time.time)
+    #: When its answer was sent, or its connection dropped (wall-clock seconds); None until then.
+    answered: float | None = None
 
     @property
     def deployment(self) -> str | None:
@@ -117,9 +153,12 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], emulator: MaiEmulator, max_concurrency: int) -> None:
+    def __init__(
+        self, address: tuple[str, int], emulator: MaiEmulator, max_concurrency: int, backlog: int
+    ) -> None:
         self.emulator = emulator
         self._slots = threading.BoundedSemaphore(max_concurrency)
+        self.request_queue_size = backlog  # what server_activate() passes to listen()
         super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -166,31 +205,30 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.emulator._handle(self)
 
     def send(self, reply: Reply, truncate: bool = False) -> None:
-        body = reply.body
-        if isinstance(body, (dict, list)):
-            payload = json.dumps(body).encode()
-            content_type = "application/json"
-        elif isinstance(body, str):
-            payload = body.encode()
-            content_type = "text/html" if body.lstrip().startswith("<") else "text/plain"
+        streamed = reply.body if isinstance(reply.body, SuccessBody) else None
+        if streamed is not None:
+            payload, content_type, length = b"", "application/json", len(streamed)
         else:
-            payload = body or b""
-            content_type = "application/octet-stream"
+            payload, content_type = _encode(reply.body)
+            length = len(payload)
         request_id = str(uuid.uuid4())
         self.send_response(reply.status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Content-Length", str(length))
         self.send_header("x-ms-request-id", request_id)
         self.send_header("apim-request-id", request_id)
         for name, value in reply.headers.items():
             self.send_header(name, value)
         self.end_headers()
+        limit = length // 2 if truncate else length
+        if streamed is not None:
+            for piece in streamed.chunks(limit):
+                self.wfile.write(piece)
+        else:
+            self.wfile.write(payload[:limit])
         if truncate:
-            self.wfile.write(payload[: len(payload) // 2])
             self.wfile.flush()
             self.close_connection = True
-            return
-        self.wfile.write(payload)
 
 
 class MaiEmulator:
@@ -204,7 +242,13 @@ class MaiEmulator:
     :param rpm: requests per minute allowed per deployment (None: unlimited).
     :param latency: seconds each successful answer takes, or a ``(low, high)`` range.
     :param blocked_terms: prompt fragments the content filter blocks.
-    :param max_concurrency: connections served at once.
+    :param max_concurrency: connections served at once, a thread each (an idle keep-alive
+        connection holds one until ``idle_timeout``); more wait in the listen backlog.
+    :param backlog: connections the kernel holds waiting to be accepted while every slot is taken
+        (the ``listen()`` backlog; Linux caps it at ``net.core.somaxconn``, see
+        :func:`listen_backlog_cap`). Past it, new connections are reset.
+    :param max_renders: images drawn at once, after their latency: a burst of answers costs this
+        many images' memory, the others wait their turn.
     :param fault_rate: share of requests (0-1) answered with a random transient fault from
         ``chaos_faults`` when no injected fault is queued: a service having a bad day.
     :param chaos_faults: the faults ``fault_rate`` draws from (default ``CHAOS_FAULTS``).
@@ -225,16 +269,25 @@ class MaiEmulator:
         rpm: int | None = None,
         latency: float | tuple[float, float] = 0.0,
         blocked_terms: Iterable[str] = DEFAULT_BLOCKED_TERMS,
-        max_concurrency: int = 64,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         fault_rate: float = 0.0,
         chaos_faults: Iterable[Fault] = CHAOS_FAULTS,
         seed: int | None = None,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         ssl_context: ssl.SSLContext | None = None,
         verbose: bool = False,
+        backlog: int = DEFAULT_BACKLOG,
+        max_renders: int = DEFAULT_MAX_RENDERS,
     ) -> None:
         if not 0.0 <= fault_rate <= 1.0:
             raise ValueError(f"fault_rate must be between 0 and 1, got {fault_rate}")
+        for name, value in (
+            ("max_concurrency", max_concurrency),
+            ("backlog", backlog),
+            ("max_renders", max_renders),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
         self.protocol = MaiProtocol(
             deployments=deployments,
             api_key=api_key,
@@ -253,9 +306,11 @@ class MaiEmulator:
         self._faults: collections.deque[Fault] = collections.deque()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._host, self._port, self._max_concurrency = host, port, max_concurrency
+        self._host, self._port = host, port
+        self._max_concurrency, self._backlog, self._max_renders = max_concurrency, backlog, max_renders
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._renders: ThreadPoolExecutor | None = None
 
     # -- what the protocol knows ----------------------------------------------------------------
 
@@ -282,6 +337,21 @@ class MaiEmulator:
     def rpm(self, value: int | None) -> None:
         self.protocol.limiter = RateLimiter(value)
 
+    @property
+    def max_concurrency(self) -> int:
+        """Connections served at once."""
+        return self._max_concurrency
+
+    @property
+    def backlog(self) -> int:
+        """The listen backlog asked for (the kernel may cap it: :func:`listen_backlog_cap`)."""
+        return self._backlog
+
+    @property
+    def max_renders(self) -> int:
+        """Images drawn at once."""
+        return self._max_renders
+
     # -- life cycle -----------------------------------------------------------------------------
 
     @property
@@ -296,8 +366,11 @@ class MaiEmulator:
 
     def start(self) -> MaiEmulator:
         """Bind and serve in a background thread; it accepts requests when this returns."""
+        from concurrent.futures import ThreadPoolExecutor
+
         self._stopping.clear()
-        self._server = _Server((self._host, self._port), self, self._max_concurrency)
+        self._renders = ThreadPoolExecutor(self._max_renders, thread_name_prefix="mai-emulator-render")
+        self._server = _Server((self._host, self._port), self, self._max_concurrency, self._backlog)
         if self.ssl_context is not None:
             # The handshake happens on the first read, in the connection's own thread.
             self._server.socket = self.ssl_context.wrap_socket(
@@ -313,14 +386,17 @@ class MaiEmulator:
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the socket; in-flight delays end at once."""
+        """Stop serving and close the socket; in-flight delays end at once, unsent answers are dropped."""
         self._stopping.set()
+        if self._renders is not None:
+            # Answers waiting for a render thread give up at once; a render under way finishes.
+            self._renders.shutdown(wait=False, cancel_futures=True)
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        self._server = self._thread = None
+        self._server = self._thread = self._renders = None
 
     def __enter__(self) -> MaiEmulator:
         return self.start()
@@ -389,11 +465,39 @@ class MaiEmulator:
                 return self._random.choice(self.chaos_faults)
         return None
 
+    def _draw(self, reply: Reply) -> Reply | None:
+        """Draw a reply's image in a render thread; None if the emulator is stopping.
+
+        Drawing needs ~25 MB of pixels for 1 MP: only ``max_renders`` of them exist at once.
+        """
+        from concurrent.futures import CancelledError
+
+        def work() -> Reply:
+            try:
+                return reply.drawn()
+            except Refusal as refusal:  # an edit input whose pixels cannot be decoded
+                return refusal.reply
+
+        pool = self._renders
+        if pool is None or self._stopping.is_set():
+            return None
+        try:
+            # Blocks without polling (hundreds of waiting threads cost nothing); stop() cancels.
+            return pool.submit(work).result()
+        except (CancelledError, RuntimeError):  # cancelled, or submitted after shutdown
+            return None
+
     def _handle(self, handler: _Handler) -> None:
         headers = {k.lower(): v for k, v in handler.headers.items()}
         record = RecordedRequest("POST", handler.path, headers, {}, fault=self._next_fault())
         with self._lock:
             self.requests.append(record)
+        try:
+            self._answer(handler, headers, record)
+        finally:
+            record.answered = time.time()
+
+    def _answer(self, handler: _Handler, headers: dict[str, str], record: RecordedRequest) -> None:
         length_text = headers.get("content-length", "0").strip()
         if not (length_text.isascii() and length_text.isdigit()) or int(length_text) > MAX_BODY_BYTES:
             # A missing, negative or huge length: refuse without reading, and close the connection.
@@ -429,7 +533,14 @@ class MaiEmulator:
                 record.status = reply.status
                 handler.send(reply)
                 return
-        reply, record.fields, record.image = self.protocol.answer(handler.path, headers, raw)
-        self._wait(reply.delay)
+        reply, record.fields, record.image = self.protocol.answer(handler.path, headers, raw, draw_later=True)
+        self._wait(reply.delay)  # the service "works"; nothing large is held meanwhile
+        if reply.draw is not None:
+            drawn = self._draw(reply)
+            if drawn is None:  # stopping: no answer
+                record.status = 0
+                handler.close_connection = True
+                return
+            reply = drawn
         record.status = reply.status
         handler.send(reply, truncate=bool(fault and fault.truncate))

@@ -95,13 +95,16 @@ class MaiHook(BaseHook):
 
     def _redis_pacer_factory(self) -> Callable[[str], Any] | None:
         """With extras ``rpm`` and ``rpm_redis_conn_id``, send slots come from that Redis server,
-        shared by every worker host; else (None) from the file schedule of this host."""
-        redis_conn_id, rpm = self.settings.rpm_redis_conn_id, self.settings.rpm
+        shared by every worker host - and from this host's file schedule while Redis fails; else
+        (None) from the file schedule of this host."""
+        s = self.settings
+        redis_conn_id, rpm = s.rpm_redis_conn_id, s.rpm
         if not (redis_conn_id and rpm):
             return None
         from airflow.sdk.exceptions import AirflowNotFoundException
         from airflow.sdk.log import mask_secret
 
+        from airflow_provider_mai.client.pacing.file_schedule import RequestPacer
         from airflow_provider_mai.client.pacing.redis_schedule import (
             RedisRequestPacer,
             redis_url_from_connection,
@@ -117,7 +120,18 @@ class MaiHook(BaseHook):
         if redis_conn.password:
             mask_secret(redis_conn.password)
         url = redis_url_from_connection(redis_conn)
-        return lambda key: RedisRequestPacer(key, rpm, url)
+
+        def pacer(key: str) -> RedisRequestPacer:
+            return RedisRequestPacer(
+                key,
+                rpm,
+                url,
+                fallback=RequestPacer(key, rpm, s.rpm_state_dir),
+                conn_id=redis_conn_id,
+                logger=self.log,
+            )
+
+        return pacer
 
     def generate_request(
         self,
@@ -151,7 +165,9 @@ class MaiHook(BaseHook):
         from airflow_provider_mai.inputs import read_image_source
 
         s = self.settings
-        loaded = read_image_source(image, max_bytes=s.max_input_bytes, allow_http=s.allow_http_inputs)
+        loaded = read_image_source(
+            image, max_bytes=s.max_input_bytes, allow_http=s.allow_http_inputs, conn_id=s.conn_id
+        )
         return EditRequest(
             loaded.data,
             prompt,
@@ -217,7 +233,7 @@ class MaiHook(BaseHook):
         except MaiError as exc:
             return False, str(exc)
         except Exception as exc:  # the Test button must answer, never raise - and never echo a secret
-            return False, f"the connection test failed: {type(exc).__name__}"
+            return False, f"the test of connection {self.mai_conn_id!r} failed: {type(exc).__name__}"
         if failure is None:
             return True, f"Connected to {s.endpoint}; deployment {deployment!r} answered."
         if failure.status_code == 400:

@@ -14,12 +14,18 @@ import pytest
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_mai.emulator import Fault
-from airflow_provider_mai.exceptions import MaiOutputExistsError, MaiTransientError
+from airflow_provider_mai.exceptions import (
+    MaiConfigurationError,
+    MaiError,
+    MaiOutputExistsError,
+    MaiTransientError,
+)
 from airflow_provider_mai.models import ImageRecord
 from airflow_provider_mai.operators.mai import MaiEditImageOperator, MaiGenerateImageOperator
 from airflow_provider_mai.storage import write_image
 from airflow_provider_mai.validation import png_size
 from tests.support.helpers import task_context
+from tests.support.storage_servers import s3_client
 
 pytestmark = pytest.mark.integration
 
@@ -133,3 +139,82 @@ def test_an_exclusive_write_never_replaces_an_object_that_appeared_meanwhile(req
     assert _read(str(target)) == winner
     assert json.loads(_read(result["sidecar_uri"]))["prompt"] == "winner"
     assert _listing(base) == ["race/hero.json", "race/hero.png"]
+
+
+# -- buckets and containers are never created -------------------------------------------------------
+def _bucket_names(moto_s3: str) -> list[str]:
+    return sorted(b["Name"] for b in s3_client(moto_s3).list_buckets()["Buckets"])
+
+
+def test_a_missing_s3_bucket_is_refused_before_the_request_and_never_created(emulator, s3_bucket, moto_s3):
+    conn = s3_bucket.split("://", 1)[1].split("@", 1)[0]
+    before = _bucket_names(moto_s3)
+    op = MaiGenerateImageOperator(
+        task_id="g", prompt="a kite", output_path=f"s3://{conn}@no-such-campaign-bucket/2026/kite.png"
+    )
+    with pytest.raises(MaiConfigurationError, match=r"bucket 'no-such-campaign-bucket' .* does not exist"):
+        op.execute(context("g"))
+    assert emulator.requests == []  # refused before the request: no quota spent
+    assert _bucket_names(moto_s3) == before  # and no bucket made
+
+
+def test_a_missing_azure_container_is_refused_before_the_request_and_never_created(
+    emulator, azure_container, azurite
+):
+    from azure.storage.blob import BlobServiceClient
+
+    conn = azure_container.split("://", 1)[1].split("@", 1)[0]
+    op = MaiGenerateImageOperator(
+        task_id="g", prompt="a kite", output_path=f"abfs://{conn}@no-such-container/kites/"
+    )
+    with pytest.raises(MaiConfigurationError, match=r"container 'no-such-container' .* does not exist"):
+        op.execute(context("g"))
+    assert emulator.requests == []
+    service = BlobServiceClient.from_connection_string(azurite.connection_string)
+    assert not service.get_container_client("no-such-container").exists()
+
+
+@pytest.mark.parametrize("store", ["azure_container", "s3_bucket"])
+def test_folders_inside_an_existing_bucket_need_no_creating(request, emulator, store):
+    base = request.getfixturevalue(store)
+    result = MaiGenerateImageOperator(
+        task_id="g", prompt="a kite", output_path=f"{base}/deep/er/still/kite.png"
+    ).execute(context("g"))
+    assert png_size(_read(result["uri"])) == (1024, 1024)
+    assert _listing(base) == ["deep/er/still/kite.json", "deep/er/still/kite.png"]
+
+
+def test_an_unreachable_store_is_an_error_before_the_request(emulator, monkeypatch, connect):
+    from tests.support.servers import free_port
+
+    connect()
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MAI_TEST_NOWHERE",
+        json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "testing",
+                "password": "testing-secret-key",
+                "extra": {"endpoint_url": f"http://127.0.0.1:{free_port()}", "region_name": "us-east-1"},
+            }
+        ),
+    )
+    op = MaiGenerateImageOperator(task_id="g", prompt="p", output_path="s3://mai_test_nowhere@bucket/k.png")
+    with pytest.raises(
+        MaiError, match=r"could not check that the bucket 'bucket' .*nothing was sent"
+    ) as caught:
+        op.execute(context("g"))
+    assert emulator.requests == []
+    assert "testing-secret-key" not in str(caught.value)
+
+
+def test_a_store_path_without_a_connection_is_refused_before_the_request(emulator, connect):
+    # abfs:// without <conn_id>@ has no account to talk to (s3:// without one falls back to boto3's own
+    # credentials and endpoint, and spends ~10 s in its retries first: the same error, later).
+    connect()
+    op = MaiGenerateImageOperator(task_id="g", prompt="p", output_path="abfs://campaign-images/2026/hero.png")
+    with pytest.raises(
+        MaiConfigurationError, match=r"names no Airflow connection: write abfs://<conn_id>@campaign-images/"
+    ):
+        op.execute(context("g"))
+    assert emulator.requests == []

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,7 +30,24 @@ from tests.support.servers import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
-import stack as stack_script  # noqa: E402  (scripts/stack.py)
+from stack import airflow as stack_airflow  # noqa: E402  (scripts/stack/)
+from stack import config, processes, rest, state  # noqa: E402
+
+
+def stack_command(*args: str, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
+    """Run a stack command as ``scripts/stack.sh`` does (``python -m stack``), without its install
+    step, from a user's shell: none of the test suite's own ``AIRFLOW_*`` settings."""
+    python_path = os.pathsep.join(p for p in (str(ROOT / "scripts"), os.environ.get("PYTHONPATH")) if p)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    return subprocess.run(
+        [sys.executable, "-m", "stack", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+        env={**env, "PYTHONPATH": python_path},
+    )
+
 
 #: The stack tests' own connection and pool (used by tests/stack/dags/mai_stack_generate.py).
 TEST_CONN = "mai_stack"
@@ -49,32 +68,30 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 @pytest.fixture(scope="session")
 def stack_is_up() -> None:
     """Skip (fail under CI) unless every component of the stack runs."""
-    stack = stack_script.Stack()
-    down = [n for n in (*stack.COMPONENTS, *stack_script.WORKERS) if stack.running(n) is None]
+    stack = state.Stack()
+    down = [n for n in (*stack.COMPONENTS, *config.WORKERS) if stack.running(n) is None]
     if not stack.state.get("processes") or down:
         unavailable(f"the stack is not up ({', '.join(down)} not running): bash scripts/stack.sh up")
 
 
 @pytest.fixture
-def stack(stack_is_up: None) -> stack_script.Stack:
+def stack(stack_is_up: None) -> state.Stack:
     """The running stack, its state read afresh (a test may restart a component)."""
-    return stack_script.Stack()
+    return state.Stack()
 
 
 @pytest.fixture(scope="session")
-def api(stack_is_up: None) -> stack_script.AirflowApi:
+def api(stack_is_up: None) -> rest.AirflowApi:
     """The stack's REST API, logged in as its admin."""
-    stack = stack_script.Stack()
+    stack = state.Stack()
     api = stack.api()
     for dag_id in ("mai_product_batch", "mai_stack_generate", "mai_daily_campaign"):
-        assert (
-            stack_script.wait_until(lambda d=dag_id: None if api.dag_exists(d) else "not parsed", 120) is None
-        )
+        assert processes.wait_until(lambda d=dag_id: None if api.dag_exists(d) else "not parsed", 120) is None
     return api
 
 
 @pytest.fixture
-def output(stack: stack_script.Stack, request: pytest.FixtureRequest) -> Path:
+def output(stack: state.Stack, request: pytest.FixtureRequest) -> Path:
     """A fresh output folder for this test, under the stack's images folder."""
     folder = stack.output / "tests" / f"{request.node.name[:60]}-{uuid.uuid4().hex[:8]}"
     folder.mkdir(parents=True)
@@ -85,7 +102,7 @@ EmulatorFactory = Callable[..., MaiEmulator]
 
 
 @pytest.fixture
-def stack_emulator(stack: stack_script.Stack, api: stack_script.AirflowApi) -> Iterator[EmulatorFactory]:
+def stack_emulator(stack: state.Stack, api: rest.AirflowApi) -> Iterator[EmulatorFactory]:
     """Start an emulator in this process and point a connection at it (default ``mai_stack``).
 
     ``mai_default`` is restored to the stack's own emulator afterwards.
@@ -97,7 +114,7 @@ def stack_emulator(stack: stack_script.Stack, api: stack_script.AirflowApi) -> I
         emulator = MaiEmulator(api_key=stack.secrets["api_key"], **kwargs).start()
         started.append(emulator)
         api.put_connection(
-            stack_script.mai_connection(stack, conn_id, emulator.url, **(connection_extra or {}))
+            stack_airflow.mai_connection(stack, conn_id, emulator.url, **(connection_extra or {}))
         )
         repointed.append(conn_id)
         return emulator
@@ -106,12 +123,12 @@ def stack_emulator(stack: stack_script.Stack, api: stack_script.AirflowApi) -> I
         yield start
     finally:
         if "mai_default" in repointed:
-            api.put_connection(stack_script.mai_connection(stack, "mai_default", stack.emulator_url))
+            api.put_connection(stack_airflow.default_connection(stack))
         for emulator in started:
             emulator.stop()
 
 
-def run_dag(api: stack_script.AirflowApi, dag_id: str, conf: dict[str, Any], within: float = 600) -> dict:
+def run_dag(api: rest.AirflowApi, dag_id: str, conf: dict[str, Any], within: float = 600) -> dict:
     """Trigger ``dag_id`` through the REST API and wait for the run to end; the run."""
     run = api.trigger(dag_id, conf)
     return api.wait_for_run(dag_id, run["dag_run_id"], within)

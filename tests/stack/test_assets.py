@@ -6,19 +6,19 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tests.stack.conftest import instant, stack_script
+from tests.stack.conftest import instant, processes, rest
 
 pytestmark = pytest.mark.stack
 
 CAMPAIGN, PUBLISH = "mai_daily_campaign", "mai_campaign_publish"
 
 
-def run_ids(api: stack_script.AirflowApi, dag_id: str) -> set[str]:
+def run_ids(api: rest.AirflowApi, dag_id: str) -> set[str]:
     runs = api.get(f"/api/v2/dags/{dag_id}/dagRuns", limit=100, order_by="-run_after")["dag_runs"]
     return {run["dag_run_id"] for run in runs}
 
 
-def start_one_campaign_run(api: stack_script.AirflowApi) -> str:
+def start_one_campaign_run(api: rest.AirflowApi) -> str:
     """Unpause the campaign and return its one new run: the scheduler's own, when an interval is due
     (unpausing starts it), else one triggered by hand. Never both: two campaign runs finishing
     within a moment of each other meet an Airflow 3.3.2 race in which the second event starts no
@@ -34,7 +34,7 @@ def start_one_campaign_run(api: stack_script.AirflowApi) -> str:
         new.update(run_ids(api, CAMPAIGN) - before)
         return None if new else "no run yet"
 
-    assert stack_script.wait_until(started, 60, 1.0) is None
+    assert processes.wait_until(started, 60, 1.0) is None
     (run_id,) = new
     return run_id
 
@@ -68,7 +68,7 @@ def test_a_days_images_make_one_event_and_the_publisher_sees_them_all(stack, api
         return None if found else "no successful publish run consumed the event yet"
 
     found: list[dict] = []
-    assert stack_script.wait_until(published, 120, 1.0) is None
+    assert processes.wait_until(published, 120, 1.0) is None
     (publish,) = found
     assert publish["run_type"] == "asset_triggered"
     assert instant(publish["start_date"]) >= instant(event["timestamp"])

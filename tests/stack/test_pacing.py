@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_mai.client.pacing.file_schedule import SAFETY_MARGIN
-from tests.stack.conftest import MEASUREMENTS, TEST_POOL, run_dag, stack_script, stray_files
+from tests.stack.conftest import MEASUREMENTS, TEST_POOL, config, run_dag, stray_files
 
 pytestmark = pytest.mark.stack
 
@@ -45,6 +45,15 @@ def gaps(times: list[float]) -> list[float]:
     return [b - a for a, b in itertools.pairwise(times)]
 
 
+def assert_one_schedule(times: list[float]) -> None:
+    """Requests sent on one schedule: slots ``INTERVAL`` apart, as seen by the emulator. A request's
+    arrival trails its slot by its send time (a busy machine: up to a second), so a gap may shrink by
+    that much; over the whole run the rate is the quota's. (Two schedules: gaps alternate d and
+    INTERVAL - d, so one is at most INTERVAL / 2, and the rate is up to twice the quota.)"""
+    assert min(gaps(times)) >= 0.5 * INTERVAL
+    assert (len(times) - 1) / (times[-1] - times[0]) <= 1.05 / INTERVAL
+
+
 def report(label: str, times: list[float]) -> None:
     rate = (len(times) - 1) / (times[-1] - times[0]) * 60
     MEASUREMENTS.append(
@@ -59,7 +68,7 @@ def test_file_pacing_with_a_shared_state_dir_spaces_both_workers(stack, api, out
     times, workers = send_times(stack_emulator, api, output, rpm_state_dir=str(shared))
     report("one shared rpm_state_dir", times)
     assert workers == {"stack-worker1", "stack-worker2"}
-    assert min(gaps(times)) >= 0.9 * INTERVAL  # one schedule for both (minus send jitter)
+    assert_one_schedule(times)
 
 
 @pytest.mark.timeout(400)
@@ -74,9 +83,8 @@ def test_per_host_file_pacing_over_sends_and_redis_pacing_holds(stack, api, outp
 
     # The same workers with the schedule in Redis (the stack's Redis, database 1): one schedule.
     in_redis, workers = send_times(
-        stack_emulator, api, output / "redis", rpm_redis_conn_id=stack_script.PACING_REDIS_CONN
+        stack_emulator, api, output / "redis", rpm_redis_conn_id=config.PACING_REDIS_CONN
     )
     report("the schedule in Redis", in_redis)
     assert workers == {"stack-worker1", "stack-worker2"}
-    assert min(gaps(in_redis)) >= 0.9 * INTERVAL
-    assert (len(in_redis) - 1) / (in_redis[-1] - in_redis[0]) <= 1.02 / INTERVAL  # the quota, +send jitter
+    assert_one_schedule(in_redis)

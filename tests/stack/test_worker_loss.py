@@ -2,7 +2,7 @@
 
 The whole worker is killed at once (its main process, pool processes and the task processes below
 them: frozen with SIGSTOP, then SIGKILL), as when a host or pod dies. The stack's detection settings
-(scripts/stack.py FAILURE_DETECTION) make that cost seconds: heartbeat timeout 30 s, checked every
+(scripts/stack/airflow.py FAILURE_DETECTION) make that cost seconds: heartbeat timeout 30 s, checked every
 5 s, retry after 5 s. The timeline and the re-billed requests are written to
 ``.stack/reports/worker-loss.json`` (and printed).
 """
@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import urllib.parse
 from datetime import datetime, timezone
 
 import pytest
 
-from tests.stack.conftest import MEASUREMENTS, ROOT, instant, stack_script, stray_files, verified_images
+from tests.stack.conftest import (
+    MEASUREMENTS,
+    instant,
+    processes,
+    stack_airflow,
+    stack_command,
+    stray_files,
+    verified_images,
+)
 
 pytestmark = pytest.mark.stack
 
@@ -27,11 +33,11 @@ VICTIM = "worker1"
 MAI_TASKS = ("generate", "edit")
 
 
-def kill_worker(process: stack_script.Process) -> list[stack_script.Process]:
+def kill_worker(process: processes.Process) -> list[processes.Process]:
     """Freeze the worker's whole process tree (so nothing forks meanwhile), then SIGKILL all of it."""
-    frozen: dict[int, stack_script.Process] = {}
+    frozen: dict[int, processes.Process] = {}
     for _ in range(20):  # bounded: look again for children forked before their parent froze
-        new = [p for p in stack_script.process_tree(process.pid) if p.pid not in frozen]
+        new = [p for p in processes.process_tree(process.pid) if p.pid not in frozen]
         if not new:
             break
         for p in new:
@@ -39,7 +45,7 @@ def kill_worker(process: stack_script.Process) -> list[stack_script.Process]:
             frozen[p.pid] = p
     for p in frozen.values():
         p.signal(signal.SIGKILL)
-    assert stack_script.all_ended(list(frozen.values()), 10)
+    assert processes.all_ended(list(frozen.values()), 10)
     return list(frozen.values())
 
 
@@ -69,12 +75,12 @@ def test_a_worker_killed_mid_batch_loses_nothing(stack, api, output, stack_emula
         return None if len(sending) >= 2 else "waiting for the victim's requests in flight"
 
     try:
-        assert stack_script.wait_until(victim_is_busy, 240, 0.3) is None
+        assert processes.wait_until(victim_is_busy, 240, 0.3) is None
         killed_at = datetime.now(timezone.utc)
         killed = kill_worker(stack.running(VICTIM))
         run = api.wait_for_run("mai_product_batch", run_id, 600)
     finally:
-        subprocess.run([sys.executable, str(ROOT / "scripts/stack.py"), "up"], check=True, timeout=300)
+        stack_command("up", check=True)
     assert run["state"] == "success"
 
     # Every try that was running on the lost worker failed by heartbeat timeout and succeeded on
@@ -135,7 +141,7 @@ def test_a_worker_killed_mid_batch_loses_nothing(stack, api, output, stack_emula
         "rebilled_requests": rebilled,
         "run_done_s": run_end,
         "timeline": timeline,
-        "settings": stack_script.FAILURE_DETECTION,
+        "settings": stack_airflow.FAILURE_DETECTION,
     }
     reports = stack.folder / "reports"
     reports.mkdir(exist_ok=True)

@@ -4,7 +4,7 @@ triggerer before Airflow 3.3, where Human-in-the-loop tasks defer), the MAI emul
 
 It has its own AIRFLOW_HOME and SQLite database: the in-process tests of the same session run
 DAGs with ``dag.test()``, which a live scheduler on their database would try to schedule too.
-Its users are those of ``tests/ui_auth.py``'s per-DAG auth manager (admin, viewer, outsider).
+Its users are those of ``tests/support/ui_auth.py``'s per-DAG auth manager (admin, viewer, outsider).
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def _airflow_version() -> tuple[int, int]:
 def airflow_stack(home: Path, *, hidden_dags: Iterable[str]) -> Iterator[AirflowStack]:
     """Start Airflow in ``home`` (a fresh folder) with the emulator; stop every process after.
 
-    Users: see ``tests/ui_auth.py`` (``outsider`` may not read ``hidden_dags``)."""
+    Users: see ``tests/support/ui_auth.py`` (``outsider`` may not read ``hidden_dags``)."""
     output_base = home / "out"
     port = free_port()
     with MaiEmulator(api_key=API_KEY) as emulator:

@@ -105,31 +105,30 @@ def airflow_api_server(env: Mapping[str, str], *, port: int | None = None) -> It
         yield url
 
 
-class RawServer:
-    """A loopback server that answers every connection with a test's own function, byte by byte.
-
-    For what the emulator cannot do wrong on purpose: redirects, lying lengths, dripping bytes,
-    compression bombs, huge error texts. ``answer(conn, request)`` gets the accepted socket and the
-    request it sent (head and body, read up to its ``Content-Length``); it writes whatever it likes.
-    Each request is recorded; every thread is stopped (bounded joins) by :meth:`stop`.
+class LoopbackServer:
+    """A threaded TCP server on a loopback address: one thread accepts, one serves each connection
+    (:meth:`serve`, given by a subclass). :meth:`stop` ends every thread (bounded joins).
 
     :param host: 127.0.0.1 by default; 127.0.0.2 plays "another host" (also loopback).
     """
 
-    def __init__(self, answer, host: str = "127.0.0.1") -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, host: str = "127.0.0.1") -> None:
         import threading
 
-        self.answer = answer
-        self.requests: list[bytes] = []
         self.stopping = threading.Event()
         self._sock = socket.socket()
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, 0))
-        self._sock.listen(16)
+        self._sock.listen(64)  # socketserver's default of 5 resets connections in a burst
         self._sock.settimeout(0.05)
-        self.url = f"http://{host}:{self._sock.getsockname()[1]}"
+        self.host = host
+        self.port: int = self._sock.getsockname()[1]
         self._threads: list[threading.Thread] = [threading.Thread(target=self._accept, daemon=True)]
         self._threads[0].start()
+
+    def serve(self, conn: socket.socket) -> None:
+        """Serve one accepted connection (it is closed afterwards)."""
+        raise NotImplementedError
 
     def _accept(self) -> None:
         import threading
@@ -139,35 +138,13 @@ class RawServer:
                 conn, _ = self._sock.accept()
             except OSError:
                 continue
-            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            thread = threading.Thread(target=self._serve_and_close, args=(conn,), daemon=True)
             self._threads.append(thread)
             thread.start()
 
-    def _serve(self, conn: socket.socket) -> None:
-        conn.settimeout(5)
+    def _serve_and_close(self, conn: socket.socket) -> None:
         with conn:
-            try:
-                data = b""
-                while b"\r\n\r\n" not in data and len(data) < 1 << 16:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    data += chunk
-                head, _, body = data.partition(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value.strip())
-                while len(body) < min(length, 64 << 20):
-                    chunk = conn.recv(1 << 20)
-                    if not chunk:
-                        break
-                    body += chunk
-                self.requests.append(head + b"\r\n\r\n" + body)
-                self.answer(conn, head + b"\r\n\r\n" + body)
-            except OSError:
-                pass  # the client gave up: that is often the point of the test
+            self.serve(conn)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -175,11 +152,57 @@ class RawServer:
         for thread in self._threads:
             thread.join(timeout=10)
 
-    def __enter__(self) -> RawServer:
+    def __enter__(self):  # type: ignore[no-untyped-def]
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class RawServer(LoopbackServer):
+    """A loopback server that answers every connection with a test's own function, byte by byte.
+
+    For what the emulator cannot do wrong on purpose: redirects, lying lengths, dripping bytes,
+    compression bombs, huge error texts. ``answer(conn, request)`` gets the accepted socket and the
+    request it sent (head and body, read up to its ``Content-Length``); it writes whatever it likes.
+    Each request is recorded. An answer with a ``prepare()`` method has it called here, before the
+    server starts: costly payloads are built before a client's deadline starts, not inside it.
+
+    :param host: 127.0.0.1 by default; 127.0.0.2 plays "another host" (also loopback).
+    """
+
+    def __init__(self, answer, host: str = "127.0.0.1") -> None:  # type: ignore[no-untyped-def]
+        if hasattr(answer, "prepare"):
+            answer.prepare()
+        self.answer = answer
+        self.requests: list[bytes] = []
+        super().__init__(host)
+        self.url = f"http://{host}:{self.port}"
+
+    def serve(self, conn: socket.socket) -> None:
+        conn.settimeout(5)
+        try:
+            data = b""
+            while b"\r\n\r\n" not in data and len(data) < 1 << 16:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value.strip())
+            while len(body) < min(length, 64 << 20):
+                chunk = conn.recv(1 << 20)
+                if not chunk:
+                    break
+                body += chunk
+            self.requests.append(head + b"\r\n\r\n" + body)
+            self.answer(conn, head + b"\r\n\r\n" + body)
+        except OSError:
+            pass  # the client gave up: that is often the point of the test
 
 
 def http_answer(status: int, body: bytes = b"", headers: Mapping[str, str] | None = None) -> bytes:

@@ -167,15 +167,19 @@ def s3_bucket(moto_s3: str, monkeypatch, connect) -> str:
             "extra": {"endpoint_url": moto_s3, "region_name": "us-east-1"},
         },
     )
+    name = f"mai-{uuid.uuid4().hex[:12]}"
+    s3_client(moto_s3).create_bucket(Bucket=name)  # us-east-1 takes no location constraint
+    return f"s3://{S3_CONN}@{name}"
+
+
+def s3_client(moto_s3: str):  # type: ignore[no-untyped-def]
+    """A boto3 S3 client of the moto server at ``moto_s3`` (its test credentials)."""
     import boto3
 
-    name = f"mai-{uuid.uuid4().hex[:12]}"
-    s3 = boto3.client(
+    return boto3.client(
         "s3",
         endpoint_url=moto_s3,
         region_name="us-east-1",
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
     )
-    s3.create_bucket(Bucket=name)  # us-east-1 takes no location constraint
-    return f"s3://{S3_CONN}@{name}"

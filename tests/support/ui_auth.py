@@ -5,7 +5,7 @@ This is the simple auth manager plus one rule, as a real deployment's FAB or Key
 would have: the users listed in ``MAI_TEST_RESTRICTED_USERS`` may not read the DAGs listed in
 ``MAI_TEST_HIDDEN_DAGS`` (both comma-separated). Everything else - users, passwords, tokens,
 roles - is the simple auth manager's. Select it with
-``AIRFLOW__CORE__AUTH_MANAGER=tests.ui_auth.PerDagAuthManager``.
+``AIRFLOW__CORE__AUTH_MANAGER=tests.support.ui_auth.PerDagAuthManager``.
 """
 
 from __future__ import annotations

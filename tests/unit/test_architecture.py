@@ -17,7 +17,6 @@ from airflow_provider_mai.operators.mai import MaiGenerateImageOperator
 from tests.support.helpers import task_context
 from tests.support.paths import REPO_ROOT
 
-
 #: What a DAG parse must not load: heavy libraries, and our own modules that only a running task needs.
 NOT_AT_PARSE = (
     "requests",

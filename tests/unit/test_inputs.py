@@ -57,7 +57,9 @@ def _edit(via: str, image, conn_id: str = "mai_default") -> None:  # type: ignor
 @pytest.mark.parametrize("via", ["hook", "operator"])
 def test_an_endless_edit_input_is_read_only_up_to_the_cap(connect, emulator, via):
     connect(extra={"max_input_mb": 1})
-    with pytest.raises(MaiValidationError, match="larger than 1 MB, the connection's max_input_mb"):
+    with pytest.raises(
+        MaiValidationError, match="larger than 1 MB, the max_input_mb of connection 'mai_default'"
+    ):
         _edit(via, "/dev/zero")
     assert emulator.requests == []
 

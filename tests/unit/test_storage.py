@@ -173,3 +173,30 @@ def test_default_file_names_are_safe_and_distinct():
     assert all(
         set(n) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") for n in names
     )
+
+
+@pytest.mark.parametrize("if_exists", ["fail", "overwrite", "skip"])
+def test_a_dangling_link_at_the_target_is_refused_before_sending(connect, emulator, tmp_path, if_exists):
+    connect()
+    target = tmp_path / "hero.png"
+    target.symlink_to(tmp_path / "unmounted" / "hero.png")
+    op = MaiGenerateImageOperator(
+        task_id="g", prompt="p", width=768, height=768, output_path=str(target), if_exists=if_exists
+    )
+    with pytest.raises(
+        MaiConfigurationError, match=r"is a symbolic link to '.*unmounted/hero.png', which does not exist"
+    ):
+        op.execute(task_context())
+    assert emulator.requests == []  # no quota spent
+    assert target.is_symlink()  # and the link is left as it was
+
+
+def test_a_dangling_link_on_the_way_to_the_target_is_named(connect, emulator, tmp_path):
+    connect()
+    (tmp_path / "shots").symlink_to(tmp_path / "gone")
+    op = MaiGenerateImageOperator(task_id="g", prompt="p", output_path=f"{tmp_path}/shots/day1/")
+    with pytest.raises(
+        MaiConfigurationError, match=r"shots, on the way to output_path .* is a symbolic link"
+    ):
+        op.execute(task_context())
+    assert emulator.requests == []

@@ -5,111 +5,194 @@ file: every task of one host shares it, other hosts do not. A Celery deployment 
 Redis that every worker reaches; with the connection extra ``rpm_redis_conn_id`` (an Airflow
 connection of type ``redis``) the schedule lives there instead: one key per endpoint and
 deployment, and every request takes its slot in one atomic step, a small Lua script run by the
-server. The slots are reckoned on the server's clock, so the workers' clocks need not agree.
+server (:mod:`.redis_rules`). The slots are reckoned on the server's clock, so the workers' clocks
+need not agree.
 
-Pacing never costs an image: when Redis cannot be reached, the error is logged once, requests go
-out unpaced for a while (:data:`RETRY_REDIS_AFTER`) and the hook's 429 handling (Retry-After,
-jittered backoff) absorbs the excess. Waits are bounded (:func:`max_wait_seconds`): a schedule
-that runs further ahead than that is not extended, and the request is sent after the bound.
+The client speaks RESP2, which every Redis since 2.0 answers (redis-py 8 opens with ``HELLO 3``,
+which Redis 5 refuses). One reservation - connect, handshake, script and its whole reply - has
+one deadline (:data:`~.redis_rules.REDIS_TIMEOUT`) and one byte budget, however the server
+drips its bytes.
 
-Needs the ``redis`` client (``pip install "airflow-provider-mai[redis]"``) and Redis >= 5.
+Pacing never costs an image: when Redis fails (down, slow, a wrong password, a reply that is not a
+slot), that is said once in the log, in our words, and requests are paced by this host's file
+schedule for a while (:data:`~.redis_rules.RETRY_REDIS_AFTER`), then Redis is asked again. When
+that file cannot be used either, requests go out unpaced and the hook's 429 handling (Retry-After,
+jittered backoff) absorbs the excess. Waits are bounded (:func:`max_wait_seconds`).
+
+Needs the ``redis`` client (``pip install "airflow-provider-mai[redis]"``, redis-py >= 5) and
+Redis >= 5.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import socket
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
-from urllib.parse import quote, urlencode
+from collections.abc import Callable
+from functools import cache
+from typing import Any, Protocol
 
-from airflow_provider_mai.client.pacing.file_schedule import SAFETY_MARGIN, max_wait_seconds
+from airflow_provider_mai.client.pacing.file_schedule import (
+    SAFETY_MARGIN,
+    PacingStateError,
+    max_wait_seconds,
+)
+from airflow_provider_mai.client.pacing.redis_rules import (
+    KEY_PREFIX,
+    MAX_EXCHANGE_BYTES,
+    REDIS_TIMEOUT,
+    RESERVE_SCRIPT,
+    RETRY_REDIS_AFTER,
+    RedisHealth,
+    failure_reason,
+    host_schedule_unusable_text,
+    outage_text,
+    overfull_text,
+    parse_reservation,
+    public_address,
+    recovered_text,
+    redis_url,
+    server_name,
+)
 from airflow_provider_mai.exceptions import MaiConfigurationError
 
 log = logging.getLogger(__name__)
 
-#: Prefix of the schedule keys; the rest is a digest of the endpoint and deployment.
-KEY_PREFIX = "airflow-provider-mai:slots:"
-#: Seconds to wait for Redis to connect or answer; a slower Redis counts as unreachable.
-REDIS_TIMEOUT = 2.0
-#: After Redis failed, requests go out unpaced for this many seconds before Redis is tried again
-#: (so that an unreachable Redis costs one timeout per 30 s, not one per request).
-RETRY_REDIS_AFTER = 30.0
 
-# KEYS[1]: the schedule key. ARGV[1]: seconds between slots. ARGV[2]: the longest wait handed out.
-# Returns {wait in seconds, 1 if a slot was taken else 0, the slot on the server's clock}, as
-# strings (Lua numbers would be truncated to integers on the way back). The key holds the next free
-# slot, on the server's clock, and expires a minute after that slot: an idle deployment leaves
-# nothing behind.
-_RESERVE_SCRIPT = """
-local time = redis.call('TIME')
-local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
-local interval = tonumber(ARGV[1])
-local max_wait = tonumber(ARGV[2])
-local next_free = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
-local slot = math.max(now, next_free)
-if slot - now > max_wait then
-  return {string.format('%.6f', max_wait), '0', string.format('%.6f', now + max_wait)}
-end
-local ttl_ms = math.ceil((slot + interval - now + 60) * 1000)
-redis.call('SET', KEYS[1], string.format('%.6f', slot + interval), 'PX', ttl_ms)
-return {string.format('%.6f', slot - now), '1', string.format('%.6f', slot)}
-"""
+class Pacer(Protocol):
+    """What paces a request: ``reserve()`` takes a slot and returns the seconds to wait for it."""
 
-
-def redis_url(
-    host: str | None,
-    port: int | None = None,
-    *,
-    login: str | None = None,
-    password: str | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> str:
-    """A ``redis://`` URL from the fields of an Airflow Redis connection.
-
-    :param host: the server's host name or address (required).
-    :param port: the port (default 6379).
-    :param login: the ACL user name, if any.
-    :param password: the password, if any.
-    :param extra: the connection's extras: ``db`` (default 0), ``ssl`` (true for TLS,
-        ``rediss://``), ``ssl_ca_certs`` (a CA bundle path for TLS).
-    """
-    extra = extra or {}
-    host = (host or "").strip()
-    if not host or "/" in host or "@" in host:
-        raise MaiConfigurationError(
-            "the Redis connection for pacing needs a plain host name or address, got "
-            + ("a host with '@' (not shown)" if "@" in host else repr(host[:200]))
-        )
-    try:
-        db = int(extra.get("db") or 0)
-    except (TypeError, ValueError):
-        raise MaiConfigurationError(
-            f"the Redis connection's extra 'db' must be a number, got {extra.get('db')!r}"
-        ) from None
-    if db < 0:
-        raise MaiConfigurationError(f"the Redis connection's extra 'db' must not be negative, got {db}")
-    ssl = str(extra.get("ssl", "")).lower() in ("1", "true", "yes")
-    credentials = ""
-    if login or password:
-        credentials = f"{quote(login or '', safe='')}:{quote(password or '', safe='')}@"
-    netloc = f"[{host}]" if ":" in host else host
-    query = {"ssl_ca_certs": extra["ssl_ca_certs"]} if ssl and extra.get("ssl_ca_certs") else {}
-    url = f"{'rediss' if ssl else 'redis'}://{credentials}{netloc}:{int(port or 6379)}/{db}"
-    return f"{url}?{urlencode(query)}" if query else url
+    def reserve(self) -> float: ...
 
 
 def redis_url_from_connection(conn: Any) -> str:
-    """:func:`redis_url` from an Airflow connection (``host``, ``port``, ``login``, ``password``,
-    extras ``db``, ``ssl``, ``ssl_ca_certs``)."""
-    return redis_url(conn.host, conn.port, login=conn.login, password=conn.password, extra=conn.extra_dejson)
+    """:func:`~.redis_rules.redis_url` from an Airflow connection (``host``, ``port``, ``login``,
+    ``password``, extras ``db``, ``ssl``, ``ssl_ca_certs``)."""
+    return redis_url(
+        conn.host,
+        conn.port,
+        login=conn.login,
+        password=conn.password,
+        extra=conn.extra_dejson,
+        conn_id=getattr(conn, "conn_id", None),
+    )
 
 
-def _address(url: str) -> str:
-    """The URL without credentials or query, fit for a log line."""
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://{rest.rsplit('@', 1)[-1].split('?', 1)[0]}"
+class _Budget:
+    """The bounds of one reservation: a deadline (monotonic clock) and the bytes it may read.
+
+    Outside a reservation nothing is bounded here (the socket's own timeout applies)."""
+
+    def __init__(self) -> None:
+        self.deadline = math.inf
+        self.bytes_left = math.inf
+        #: Why the bounds stopped the exchange, in our words (None: they did not).
+        self.verdict: str | None = None
+        self._seconds = 0.0
+
+    def start(self, seconds: float, max_bytes: int) -> None:
+        self._seconds = seconds
+        self.deadline = time.monotonic() + seconds
+        self.bytes_left = max_bytes
+        self.verdict = None
+
+    def stop(self) -> None:
+        self.deadline = self.bytes_left = math.inf
+
+    def remaining(self, requested: float | None) -> float | None:
+        """The timeout for the next socket call: what was asked, within the deadline."""
+        if self.deadline == math.inf:
+            return requested
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            self.verdict = f"did not answer within {self._seconds:g} s"
+            raise TimeoutError("the reservation's deadline passed")
+        return left if requested is None else min(requested, left)
+
+    def timed_out(self) -> None:
+        """A socket call timed out: say so in our words when it was the deadline that passed."""
+        if self.deadline != math.inf and time.monotonic() >= self.deadline:
+            self.verdict = f"did not answer within {self._seconds:g} s"
+
+    def spend(self, count: int) -> None:
+        self.bytes_left -= count
+        if self.bytes_left < 0:
+            self.verdict = f"answered more than {MAX_EXCHANGE_BYTES} bytes"
+            raise TimeoutError("the reservation's byte budget is spent")  # ends it as a timeout would
+
+
+class _BudgetedSocket:
+    """A connected socket whose every send and read stays within the reservation's budget.
+
+    redis-py times each read alone; a server dripping a byte per second would hold a reply for
+    as long as it likes. Here each call's timeout is what is left of one deadline, and the bytes
+    read are counted.
+    """
+
+    def __init__(self, sock: socket.socket, budget: _Budget) -> None:
+        self._sock = sock
+        self._budget = budget
+        self._timeout = sock.gettimeout()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def settimeout(self, value: float | None) -> None:
+        self._timeout = value
+        self._sock.settimeout(value)
+
+    def gettimeout(self) -> float | None:
+        return self._timeout
+
+    def _call(self, method: Callable[..., Any], *args: Any) -> Any:
+        self._sock.settimeout(self._budget.remaining(self._timeout))
+        try:
+            return method(*args)
+        except TimeoutError:
+            self._budget.timed_out()
+            raise
+
+    def sendall(self, data: Any, *args: Any) -> None:
+        self._call(self._sock.sendall, data, *args)
+
+    def recv(self, size: int, *args: Any) -> bytes:
+        data: bytes = self._call(self._sock.recv, size, *args)
+        if not args:  # a peek (MSG_PEEK) consumes nothing
+            self._budget.spend(len(data))
+        return data
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, *args: Any) -> int:
+        count: int = self._call(self._sock.recv_into, buffer, nbytes, *args)
+        self._budget.spend(count)
+        return count
+
+
+@cache
+def _connection_classes() -> tuple[type, type]:
+    """redis-py's TCP and TLS connection classes, their sockets kept within a :class:`_Budget`
+    (passed as the connection argument ``budget``). Built on first use: redis is imported lazily."""
+    from redis.connection import Connection, SSLConnection
+
+    class _Budgeted:
+        def __init__(self, *args: Any, budget: _Budget, **kwargs: Any) -> None:
+            self._budget = budget
+            super().__init__(*args, **kwargs)
+
+        def _connect(self) -> Any:
+            # The connect (and a TLS handshake) is part of the reservation too.
+            timeout = self._budget.remaining(self.socket_timeout)  # type: ignore[attr-defined]
+            self.socket_connect_timeout = timeout
+            return _BudgetedSocket(super()._connect(), self._budget)  # type: ignore[misc]
+
+    class BudgetedConnection(_Budgeted, Connection):
+        """A TCP connection within a reservation's budget."""
+
+    class BudgetedSSLConnection(_Budgeted, SSLConnection):
+        """A TLS connection within a reservation's budget."""
+
+    return BudgetedConnection, BudgetedSSLConnection
 
 
 class RedisRequestPacer:
@@ -119,8 +202,13 @@ class RedisRequestPacer:
     :param key: what identifies the quota: the endpoint and the deployment.
     :param rpm: the quota in requests per minute.
     :param redis_url: where the schedule lives, e.g. from :func:`redis_url_from_connection`.
-    :param timeout: seconds to wait for Redis to connect or answer.
+    :param fallback: what paces requests while Redis fails, typically this host's
+        :class:`~airflow_provider_mai.client.pacing.file_schedule.RequestPacer` for the same key;
+        None (or one whose state is unusable): requests go out unpaced meanwhile.
+    :param conn_id: the Redis connection's id, named in log lines.
+    :param timeout: seconds for one whole reservation (connect, handshake, script, reply).
     :param clock: monotonic seconds, for the pause after a Redis failure.
+    :param logger: where outages are reported (default this module's logger).
     """
 
     def __init__(
@@ -129,11 +217,14 @@ class RedisRequestPacer:
         rpm: float,
         redis_url: str,
         *,
+        fallback: Pacer | None = None,
+        conn_id: str | None = None,
         timeout: float = REDIS_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
+        logger: Any = None,
     ) -> None:
-        if rpm <= 0:
-            raise ValueError(f"rpm must be positive, got {rpm}")
+        if not (rpm > 0 and math.isfinite(rpm)):
+            raise ValueError(f"rpm must be a positive number, got {rpm}")
         try:
             import redis
             from redis.backoff import NoBackoff
@@ -146,22 +237,30 @@ class RedisRequestPacer:
         self.interval = 60.0 / rpm * SAFETY_MARGIN
         self.max_wait = max_wait_seconds(rpm)
         self.redis_key = KEY_PREFIX + hashlib.sha256(key.encode()).hexdigest()[:24]
-        self.address = _address(redis_url)
+        self.address = public_address(redis_url)
+        self.fallback = fallback
+        self.timeout = timeout
+        self._where = server_name(self.address, conn_id)
         self._clock = clock
-        self._unpaced_until: float | None = None
+        self._log = logger or log
+        self._health = RedisHealth(RETRY_REDIS_AFTER)
         #: The last slot taken, in seconds on the Redis server's clock (None before the first, or
         #: when Redis did not answer): what the schedule guarantees is that these are distinct and
         #: at least ``interval`` apart, whatever the clients' clocks say.
         self.last_slot: float | None = None
-        client = redis.Redis.from_url(
+        self._budget = _Budget()
+        plain, tls = _connection_classes()
+        self._client = redis.Redis.from_url(
             redis_url,
+            connection_class=tls if redis_url.startswith("rediss://") else plain,
+            budget=self._budget,
+            protocol=2,  # RESP2: every server speaks it; Redis 5 refuses HELLO 3
             socket_connect_timeout=timeout,
             socket_timeout=timeout,
             retry=Retry(NoBackoff(), 0),  # one try: the fall-back is ours, and bounded
-            decode_responses=True,
+            decode_responses=False,  # the reply is checked as bytes (parse_reservation)
         )
-        self._script = client.register_script(_RESERVE_SCRIPT)
-        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError, ValueError)
+        self._script = self._client.register_script(RESERVE_SCRIPT)
 
     def __repr__(self) -> str:
         name = type(self).__name__
@@ -170,37 +269,42 @@ class RedisRequestPacer:
     def reserve(self) -> float:
         """Take the next free send slot; return the seconds to wait until it (0 when it is now).
 
-        0 as well while Redis is unreachable (the request goes out unpaced).
+        While Redis fails, the fallback's wait (0 without a usable fallback). Never raises for
+        anything Redis does.
         """
-        if self._unpaced_until is not None and self._clock() < self._unpaced_until:
+        if self._health.use_redis(self._clock()):
+            try:
+                reply = self._ask_redis()
+                reservation = parse_reservation(reply, self.max_wait)
+            except Exception as exc:  # anything Redis does falls back; its text is never shown
+                self._client.connection_pool.disconnect()  # never read a half reply later
+                if self._health.failed(self._clock()):  # an outage starts: say so, once
+                    reason = failure_reason(exc, self._budget.verdict)
+                    host_schedule = self.fallback is not None and self._health.fallback_usable
+                    self._log.error("%s", outage_text(self._where, reason, host_schedule=host_schedule))
+            else:
+                if self._health.answered():
+                    self._log.info("%s", recovered_text(self._where))
+                self.last_slot = reservation.slot
+                if reservation.slot is None:
+                    self._log.warning("%s", overfull_text(self.max_wait, reservation.wait))
+                return reservation.wait
+        self.last_slot = None
+        return self._fallback_wait()
+
+    def _ask_redis(self) -> Any:
+        self._budget.start(self.timeout, MAX_EXCHANGE_BYTES)
+        try:
+            return self._script(keys=[self.redis_key], args=[f"{self.interval:.6f}", f"{self.max_wait:.6f}"])
+        finally:
+            self._budget.stop()
+
+    def _fallback_wait(self) -> float:
+        if self.fallback is None or not self._health.fallback_usable:
             return 0.0
         try:
-            wait_text, taken, slot_text = self._script(
-                keys=[self.redis_key], args=[self.interval, self.max_wait]
-            )
-            wait = float(wait_text)
-            self.last_slot = float(slot_text) if taken == "1" else None
-        except self._errors as exc:
-            if self._unpaced_until is None:
-                log.error(
-                    "Redis pacing unavailable at %s (%s: %s): sending without pacing for %.0f s; "
-                    "429 answers are retried as usual",
-                    self.address,
-                    type(exc).__name__,
-                    str(exc)[:200],
-                    RETRY_REDIS_AFTER,
-                )
-            self._unpaced_until = self._clock() + RETRY_REDIS_AFTER
+            return self.fallback.reserve()
+        except PacingStateError as exc:  # our own words (a path and what is wrong with it)
+            if self._health.fallback_failed():
+                self._log.warning("%s", host_schedule_unusable_text(self._where, str(exc)))
             return 0.0
-        if self._unpaced_until is not None:
-            log.info("Redis pacing at %s is back", self.address)
-            self._unpaced_until = None
-        if taken != "1":
-            log.warning(
-                "The send-slot schedule runs more than %.0f s ahead: more requests wait for this "
-                "deployment than its quota serves in that time (size the pool: slots = latency x "
-                "rpm / 60). Sending after %.0f s without a slot",
-                self.max_wait,
-                wait,
-            )
-        return max(0.0, min(wait, self.max_wait))

@@ -2,7 +2,7 @@
 
 ``mai_test_ui`` runs once on real Airflow against the emulator; the api-server app (``create_app``
 with our plugin loaded from its entry point) then answers as it would in production: Airflow's
-auth (an auth manager with per-DAG rules, see ``tests/ui_auth.py``), the metadata database, and the
+auth (an auth manager with per-DAG rules, see ``tests/support/ui_auth.py``), the metadata database, and the
 images read back through ``ObjectStoragePath`` from a folder, moto's S3 and Azurite."""
 
 from __future__ import annotations

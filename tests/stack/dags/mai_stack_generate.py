@@ -27,8 +27,9 @@ with DAG(
     default_args={"pool": "mai_stack", "retries": 2},
     max_active_tasks=64,
 ):
-
-    @task
+    # Outside the pool, so that a pool of no slots holds back the generations alone (a burst waits
+    # there until released: bench/stack_burst.py).
+    @task(pool="default_pool")
     def prompts(params: dict) -> list[str]:
         """The prompts of this run."""
         return list(params["prompts"])

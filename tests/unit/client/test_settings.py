@@ -120,3 +120,78 @@ def test_auth_type_defaults_follow_the_password(connect):
     assert MaiHook(connect("mai_e", password=None)).settings.auth_type == "entra_id"
     forced = MaiHook(connect("mai_f", extra={"auth_type": "entra_id"}))
     assert forced.settings.auth_type == "entra_id"
+
+
+# -- Entra ID extras: checked when the connection is read ------------------------------------------
+GUID = "11111111-2222-3333-4444-555555555555"
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (
+            {"tenant_id": "bogus tenant!", "client_id": GUID, "client_secret": "s"},
+            "'tenant_id' must be the directory",
+        ),
+        (
+            {"tenant_id": "contoso", "client_id": GUID, "client_secret": "s"},
+            "'tenant_id' must be the directory",
+        ),
+        ({"tenant_id": GUID, "client_id": "my app", "client_secret": "s"}, "'client_id' must be a client id"),
+        ({"tenant_id": GUID, "client_id": GUID}, r"needs all of .* \(missing: client_secret\)"),
+        ({"client_secret": "s"}, r"\(missing: tenant_id, client_id\)"),
+        ({"managed_identity_client_id": "{guid}"}, "'managed_identity_client_id' must be a client id"),
+        ({"authority": "http://login.example"}, "'authority' must be an Entra ID authority host"),
+        ({"authority": "https://login.microsoftonline.us/tenant"}, "'authority' must be"),
+        ({"authority": "login microsoftonline"}, "'authority' must be"),
+    ],
+)
+def test_malformed_entra_extras_fail_when_the_connection_is_read(connect, emulator, extra, match):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    hook = MaiHook(connect("mai_team_entra", password=None, extra=extra))
+    with pytest.raises(MaiConfigurationError, match=match) as info:
+        hook.generate_image("x", width=768, height=768)
+    assert isinstance(info.value, AirflowFailException)  # no task retries spent on it
+    assert "connection 'mai_team_entra'" in str(info.value)
+    assert emulator.requests == []
+
+
+def test_entra_extras_are_not_judged_for_an_api_key_connection(connect):
+    hook = MaiHook(connect("mai_key", extra={"tenant_id": "left over"}))
+    assert hook.settings.auth_type == "api_key" and hook.settings.tenant_id is None
+
+
+# -- every message names the connection actually used (never a default's name) -----------------------
+def test_errors_name_the_connection_actually_used(connect, emulator, tmp_path):
+    from airflow_provider_mai.emulator import Fault
+    from airflow_provider_mai.exceptions import MaiError
+
+    conn = "mai_campaign_eu"
+
+    def message(call, **overrides) -> str:  # type: ignore[no-untyped-def]
+        hook = MaiHook(connect(conn, **overrides))
+        with pytest.raises(MaiError) as info:
+            call(hook)
+        return str(info.value)
+
+    def generate(hook: MaiHook) -> None:
+        hook.generate_image("x", width=768, height=768)
+
+    (tmp_path / "big.png").write_bytes(b"\x89PNG" + b"\0" * 2 * 1024 * 1024)
+    messages = {
+        "no host": message(generate, host=""),
+        "bad extra": message(generate, extra={"timeout": "soon"}),
+        "no deployment": message(generate, extra={"deployment": None}),
+        "edit input too large": message(
+            lambda h: h.edit_image(str(tmp_path / "big.png"), "x"), extra={"max_input_mb": 1}
+        ),
+        "web input refused": message(lambda h: h.edit_image("https://example.com/a.png", "x")),
+        "undefined redis": message(generate, extra={"rpm": 6, "rpm_redis_conn_id": "no_such_redis"}),
+    }
+    for status in (401, 403, 404):
+        emulator.inject(Fault(status=status))
+        messages[str(status)] = message(generate)
+    for what, text in messages.items():
+        assert f"'{conn}'" in text, (what, text)
+        assert "mai_default" not in text, (what, text)

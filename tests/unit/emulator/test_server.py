@@ -15,7 +15,7 @@ from PIL import Image
 from airflow_provider_mai.emulator import DEFAULT_DEPLOYMENTS, Fault, MaiEmulator
 from airflow_provider_mai.emulator.render import edit_size
 from tests.support.connections import API_KEY
-from tests.support.emulator_requests import GEN, post
+from tests.support.emulator_requests import GEN, most_in_progress, post, post_at_once
 from tests.support.helpers import make_png
 
 EDIT = "/mai/v1/images/edits"
@@ -274,3 +274,96 @@ def test_an_edit_writes_only_in_its_own_band_never_over_the_original_caption():
     assert len(above.getcolors(maxcolors=4) or []) == 1  # untouched: the original caption stays readable
     band = picture.crop((0, band_top, width, height))
     assert len(band.getcolors(maxcolors=100000) or []) > 2  # the label and the edit prompt are there
+
+
+def test_256_connections_at_once_are_all_answered_none_reset():
+    # The deferrable mode holds up to 256 requests in flight: with the default settings every one
+    # is taken in and answered; none is reset by a full listen backlog.
+    latency = 6.0  # all 256 arrive within ~0.2 s on a busy 2-core machine: held at once even 10x slower
+    with MaiEmulator(api_key=API_KEY, latency=latency) as emulator:
+        outcomes = post_at_once(emulator, [{}] * 256)
+        assert outcomes == [200] * 256
+        records = emulator.requests
+        assert len(records) == 256
+        # From the emulator's own clock: the last request arrived before the first was answered.
+        assert max(r.received for r in records) < min(r.answered or 0 for r in records)
+        assert most_in_progress(emulator) == 256
+
+
+def test_connections_beyond_the_concurrency_wait_in_the_backlog_not_refused():
+    with MaiEmulator(api_key=API_KEY, latency=0.5, max_concurrency=4, backlog=64) as emulator:
+        outcomes = post_at_once(emulator, [{"prompt": f"p{i % 3}"} for i in range(24)])
+        assert outcomes == [200] * 24
+        assert 2 <= most_in_progress(emulator) <= 4  # overlapping, never beyond the setting
+
+
+@pytest.mark.parametrize("name", ["max_concurrency", "backlog", "max_renders"])
+@pytest.mark.parametrize("value", [0, -3, 2.5, True])
+def test_capacity_settings_must_be_whole_numbers_of_at_least_one(name, value):
+    with pytest.raises(ValueError, match=name):
+        MaiEmulator(**{name: value})
+
+
+def test_defaults_take_256_connections_and_say_the_kernel_cap():
+    from airflow_provider_mai.emulator.server import listen_backlog_cap
+
+    emulator = MaiEmulator()
+    assert emulator.max_concurrency >= 256 and emulator.backlog >= 256 and emulator.max_renders >= 1
+    cap = listen_backlog_cap()
+    assert cap is None or cap > 0
+
+
+def test_answers_rendered_together_cost_a_few_images_not_one_per_connection():
+    # 48 answers (~2.2 MB of JSON each) come due at the same moment. Each waited out its latency
+    # holding no image, only max_renders are drawn at once, and each is streamed in 64 KiB pieces
+    # (the PNG comes from the render cache), so the Python heap (the emulator's and this client's,
+    # which drops what it reads) stays far below one answer per connection: ~18 MB when measured,
+    # where a server drawing each answer on arrival and holding it holds 48 x 2.2 MB and more.
+    import tracemalloc
+
+    count, answer_bytes = 48, 2_100_000
+    with MaiEmulator(api_key=API_KEY, latency=2.0, max_renders=2) as emulator:
+        assert post_at_once(emulator, [{"width": 1024, "height": 1024}]) == [200]  # warm the cache
+        tracemalloc.start()
+        try:
+            base, _ = tracemalloc.get_traced_memory()
+            outcomes = post_at_once(emulator, [{"width": 1024, "height": 1024}] * count)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert outcomes == [200] * count
+        assert most_in_progress(emulator) > count // 2  # they did come due together
+    assert peak - base < count // 2 * answer_bytes
+
+
+def test_stop_is_prompt_while_answers_wait_for_a_render_thread():
+    from tests.support.airflow_stack import wait_until
+
+    count = 16
+    with MaiEmulator(api_key=API_KEY, max_renders=1) as emulator, ThreadPoolExecutor(count) as pool:
+        futures = [pool.submit(post, emulator, prompt=f"distinct {i}") for i in range(count)]
+        wait_until(
+            lambda: len(emulator.requests) == count and any(r.status == 200 for r in emulator.requests),
+            within=120,
+            what="every request taken in and the first one drawn",
+        )
+        emulator.stop()  # those still waiting for the one render thread give up at once
+        outcomes = []
+        for future in futures:
+            try:
+                outcomes.append(future.result().status_code)
+            except requests.ConnectionError:
+                outcomes.append("dropped")
+    assert 200 in outcomes and "dropped" in outcomes
+    assert {r.status for r in emulator.requests} == {200, 0}
+
+
+def test_an_edit_whose_pixels_cannot_be_decoded_is_refused_after_its_header_was_read(emulator):
+    from airflow_provider_mai.emulator.render import readable
+
+    truncated = make_png(1024, 1024)[:200]  # a sound header, the pixel data cut off
+    assert readable(truncated)
+    response = edit(emulator, truncated)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_image_format"
+    assert emulator.requests[-1].status == 400
