@@ -14,7 +14,7 @@
 # starts over.
 VENV="${MAI_VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
-MAI_STAMP="$VENV/.mai-installed"
+
 
 # The words of a comma- or space-separated list, sorted and unique, space-separated.
 _mai_words() { tr ', ' '\n\n' <<<"$*" | sed '/^$/d' | sort -u | tr '\n' ' ' | sed 's/ $//'; }
@@ -22,7 +22,7 @@ _mai_words() { tr ', ' '\n\n' <<<"$*" | sed '/^$/d' | sort -u | tr '\n' ' ' | se
 ensure_venv() {
   local spec="$1"
   shift
-  local extras groups key
+  local extras groups key stamp="$VENV/.mai-installed"
   extras="$(_mai_words "$(sed -n 's/^[^[]*\[\(.*\)\]$/\1/p' <<<"$spec")")"
   groups="$(_mai_words "$*")"
   if ! "$VENV/bin/python" -c '' 2>/dev/null; then  # missing, or its interpreter is gone
@@ -38,10 +38,10 @@ digest = hashlib.sha256(Path("pyproject.toml").read_bytes()).hexdigest()[:16]
 print(f"pyproject={digest} version={version and version[1]} airflow={sys.argv[1]!r} python={sys.version.split()[0]}")
 PY
 )"
-  if [ -f "$MAI_STAMP" ] && [ "$(sed -n 1p "$MAI_STAMP")" = "$key" ]; then
+  if [ -f "$stamp" ] && [ "$(sed -n 1p "$stamp")" = "$key" ]; then
     local had_extras had_groups
-    had_extras="$(sed -n 's/^extras=//p' "$MAI_STAMP")"
-    had_groups="$(sed -n 's/^groups=//p' "$MAI_STAMP")"
+    had_extras="$(sed -n 's/^extras=//p' "$stamp")"
+    had_groups="$(sed -n 's/^groups=//p' "$stamp")"
     if [ "$(_mai_words "$had_extras $extras")" = "$had_extras" ] &&
        [ "$(_mai_words "$had_groups $groups")" = "$had_groups" ]; then
       echo "Virtualenv $VENV is current (extras: ${had_extras:-none}; groups: ${had_groups:-none})"
@@ -50,7 +50,7 @@ PY
     extras="$(_mai_words "$had_extras $extras")"
     groups="$(_mai_words "$had_groups $groups")"
   fi
-  rm -f "$MAI_STAMP"  # no stamp while pip runs: an interrupted install is redone next time
+  rm -f "$stamp"  # no stamp while pip runs: an interrupted install is redone next time
   echo "Installing the provider into $VENV (extras: ${extras:-none}; groups: ${groups:-none}) ..."
   # Keep pip quiet, but let real errors through.
   "$VENV/bin/python" -m pip install --quiet --upgrade pip 2> >(grep -v '^WARNING: Location' >&2)
@@ -68,5 +68,5 @@ sys.exit(tuple(int(p) for p in v.split(".")[:2] if p.isdigit()) < (25, 1))'; the
     2> >(grep -v -e '^WARNING: Location' -e 'BuildBackendWarning' -e '^ *!!$' -e '^ *\*\*\*' \
          -e 'Please be careful with folders' -e 'name as your package' -e 'with strategy, WheelFile' \
          -e '^ *$' -e "return '\\\\n'.join" >&2)
-  printf '%s\nextras=%s\ngroups=%s\n' "$key" "$extras" "$groups" >"$MAI_STAMP"
+  printf '%s\nextras=%s\ngroups=%s\n' "$key" "$extras" "$groups" >"$stamp"
 }
