@@ -44,6 +44,21 @@ ls -l "$WORK/dist"
 "$VENV/bin/python" -m twine check --strict "$sdist" "$wheel" ||
   fail "twine check --strict refused the distributions (the package index would render or accept them badly)"
 
+# What users install is the published extras; the tools we work with are dependency groups, which
+# never reach the package's metadata.
+"$VENV/bin/python" - "$wheel" <<'PY' || fail "the wheel's metadata publishes development tools (see above)"
+import re, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as wheel:
+    name = next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))
+    metadata = wheel.read(name).decode()
+extras = set(re.findall(r"^Provides-Extra: (\S+)", metadata, re.M))
+tools = re.findall(r"^Requires-Dist: ((?:pytest|ruff|mypy|moto|playwright|types-|build|twine)\S*)", metadata, re.M)
+print(f"extras: {', '.join(sorted(extras))}")
+unexpected = extras - {"emulator", "ui", "redis", "stack"}
+if unexpected or tools:
+    sys.exit(f"unexpected extras {sorted(unexpected)}, development tools {tools}")
+PY
+
 say "Installing the wheel into a fresh virtualenv $WORK/venv"
 "$PYTHON" -m venv "$WORK/venv"
 SMOKE="$WORK/venv/bin"
