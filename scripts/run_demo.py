@@ -7,6 +7,11 @@ database, prints where the generated and edited PNGs landed, and stops the emula
 With ``--ui`` it then starts Airflow's api-server on 127.0.0.1 (the provider's UI plugin loaded),
 prints the URL and a login, and serves the images in Airflow's UI until Ctrl-C.
 
+Airflow runs by its console script (``.venv/bin/airflow``), never as ``python -m airflow``: ``-m``
+puts the working directory first on ``sys.path``, and in a checkout that directory holds the
+``airflow_provider_mai.egg-info`` an editable install leaves there, so Airflow would find the
+provider twice and report "Plugin 'mai_images' already registered" as a plugin import error.
+
 Environment: ``MAI_OUTPUT_BASE`` (default ``./out``), ``AIRFLOW_HOME`` (default ``./.airflow-home``).
 """
 
@@ -15,13 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from importlib import metadata
 from pathlib import Path
 from urllib.parse import quote
 
@@ -29,6 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DAG_ID = "mai_generate_then_edit"
 #: How long the api-server may take to answer its health check.
 UI_READY_WITHIN = 120.0
+#: Airflow's CLI, beside this interpreter (see the module's docstring for why not ``-m airflow``).
+AIRFLOW = [str(Path(sys.executable).with_name("airflow"))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         "--port", type=int, default=8080, help="the UI's port on 127.0.0.1 (default 8080; 0: any free port)"
     )
     args = parser.parse_args(argv)
+    # SIGTERM (and SIGINT even where a shell started us with it ignored) end the demo as Ctrl-C
+    # does, so that the processes it started are stopped by their PIDs.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
 
     from airflow_provider_mai.emulator import MaiEmulator
 
@@ -51,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "MAI_OUTPUT_BASE": str(output_base),
     }
-    airflow = [sys.executable, "-m", "airflow"]
     started = time.monotonic()
     print(f"Airflow home: {airflow_home} (SQLite metadata database)", flush=True)
-    subprocess.run([*airflow, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+    migrate_database(airflow_home, env)
+    ready = time.monotonic()
 
     with MaiEmulator() as emulator:
         print(f"MAI emulator running at {emulator.url}", flush=True)
@@ -65,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         conf = json.dumps({"output_base": str(output_base)})
         with open(log_path, "w") as log:
             result = subprocess.run(
-                [*airflow, "dags", "test", DAG_ID, "--conf", conf],
+                [*AIRFLOW, "dags", "test", DAG_ID, "--conf", conf],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -80,13 +94,39 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nThe DAG run failed (exit {result.returncode}); full log: {log_path}", file=sys.stderr)
         return 1
     print("\n".join(landed))
+    done = time.monotonic()
     print(
-        f"Done in {time.monotonic() - started:.1f} s. Sidecars (.json) sit beside each PNG; log: {log_path}"
+        f"Done in {done - started:.1f} s (database {ready - started:.1f} s, DAG run {done - ready:.1f} s)."
+        f" Sidecars (.json) sit beside each PNG; log: {log_path}"
     )
     if not args.ui:
         print("See them in Airflow's UI (gallery, task tabs): bash scripts/demo.sh --ui", flush=True)
         return 0
-    return serve_ui(env, airflow_home, args.port)
+    return serve_ui(env, airflow_home, args.port, _run_id_in(lines) or _newest_run_id(env))
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def migrate_database(airflow_home: Path, env: dict[str, str]) -> None:
+    """``airflow db migrate``, unless this Airflow release already migrated this home's database.
+
+    A migration of a current database still costs an Airflow start-up (seconds, tens of seconds on
+    a busy machine); a stamp beside the database records which release and database it was.
+
+    :param airflow_home: the demo's Airflow home (its SQLite database, ``airflow.db``, lives there).
+    :param env: the environment Airflow runs with.
+    """
+    stamp = airflow_home / ".mai-demo-migrated"
+    database = env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") or f"sqlite:///{airflow_home / 'airflow.db'}"
+    key = f"apache-airflow-core {metadata.version('apache-airflow-core')} {database}"
+    sqlite_file = Path(database.removeprefix("sqlite:///")) if database.startswith("sqlite:///") else None
+    if stamp.exists() and stamp.read_text() == key and (sqlite_file is None or sqlite_file.exists()):
+        return
+    stamp.unlink(missing_ok=True)
+    subprocess.run([*AIRFLOW, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+    stamp.write_text(key)
 
 
 def _port_or_free(port: int) -> int:
@@ -100,9 +140,19 @@ def _port_or_free(port: int) -> int:
         return sock.getsockname()[1]
 
 
+def _run_id_in(log_lines: list[str]) -> str | None:
+    """The run id that ``airflow dags test`` logged when the run finished (no second Airflow start)."""
+    for line in reversed(log_lines):
+        found = re.search(r"DagRun Finished: dag_id=\S+, .*?run_id=([^,\s]+),", line)
+        if found:
+            return found[1]
+    return None
+
+
 def _newest_run_id(env: dict[str, str]) -> str | None:
+    """The newest run of the demo's DAG, asked of Airflow (when its log did not say)."""
     listed = subprocess.run(
-        [sys.executable, "-m", "airflow", "dags", "list-runs", DAG_ID, "--output", "json"],
+        [*AIRFLOW, "dags", "list-runs", DAG_ID, "--output", "json"],
         env=env,
         capture_output=True,
         text=True,
@@ -117,8 +167,14 @@ def _newest_run_id(env: dict[str, str]) -> str | None:
     return None
 
 
-def serve_ui(env: dict[str, str], airflow_home: Path, port: int) -> int:
-    """Airflow's api-server on 127.0.0.1 with one user, until Ctrl-C; stopped by its PID."""
+def serve_ui(env: dict[str, str], airflow_home: Path, port: int, run_id: str | None) -> int:
+    """Airflow's api-server on 127.0.0.1 with one user, until Ctrl-C; stopped by its PID.
+
+    :param env: the environment the DAG run had.
+    :param airflow_home: the demo's Airflow home (the login's password file goes there).
+    :param port: the port on 127.0.0.1 (taken: another free one).
+    :param run_id: the run whose task tab to print, if known.
+    """
     port = _port_or_free(port)
     password = secrets.token_urlsafe(12)
     passwords = airflow_home / "mai_demo_passwords.json"
@@ -137,13 +193,12 @@ def serve_ui(env: dict[str, str], airflow_home: Path, port: int) -> int:
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
     }
-    run_id = _newest_run_id(env)
     log_path = airflow_home / "api-server.log"
     print(f"Starting Airflow's api-server on {url} (log: {log_path}) ...", flush=True)
     with open(log_path, "wb") as log:
         # Its own session: Ctrl-C reaches this script, which then stops the server by its PID.
         server = subprocess.Popen(
-            [sys.executable, "-m", "airflow", "api-server", "--host", "127.0.0.1", "--port", str(port)],
+            [*AIRFLOW, "api-server", "--host", "127.0.0.1", "--port", str(port)],
             env=ui_env,
             stdout=log,
             stderr=subprocess.STDOUT,

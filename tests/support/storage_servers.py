@@ -124,7 +124,7 @@ def _require(*modules: str) -> None:
 
     missing = [m for m in modules if not found(m)]
     if missing:
-        unavailable(f"not installed: {', '.join(missing)} (pip install -e '.[test]')")
+        unavailable(f"not installed: {', '.join(missing)} (group test: bash scripts/test.sh)")
 
 
 def _define_connection(monkeypatch: pytest.MonkeyPatch, conn_id: str, conn: dict) -> None:
