@@ -9,11 +9,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from airflow_provider_mai.lineage import dataset_name
-from airflow_provider_mai.operators.mai import MaiEditImageOperator, MaiGenerateImageOperator
-
+# Before the imports below: lineage.py needs the openlineage client, which the provider brings.
 pytest.importorskip(
     "airflow.providers.openlineage", reason="apache-airflow-providers-openlineage not installed"
+)
+
+from airflow_provider_mai.lineage import dataset_name  # noqa: E402
+from airflow_provider_mai.operators.mai import (  # noqa: E402
+    MaiEditImageOperator,
+    MaiGenerateImageOperator,
 )
 
 
