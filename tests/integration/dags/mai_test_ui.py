@@ -20,7 +20,7 @@ with DAG(
         task_id="generate", width=1024, height=768, output_path="{{ params.out }}/gen/"
     ).expand(prompt=["a blue kite over a beach", "a green kite over a field"])
 
-    @task
+    @task(multiple_outputs=False)  # one XCom: the whole record, as a MAI task pushes it
     def pick(results: list) -> dict:
         """Pass one generation on: a MAI-shaped dict returned by a task that is not a MAI task."""
         return list(results)[1]
@@ -69,7 +69,7 @@ with DAG(
     def inline_indexes(**context) -> list:  # type: ignore[no-untyped-def]
         return list(range(context["params"]["inline_images"]))
 
-    @task
+    @task(multiple_outputs=False)
     def inline(index: int, **context) -> dict:  # type: ignore[no-untyped-def]
         """A large image kept in XCom (as with no output_path): ``inline_bytes`` of base64."""
         import base64

@@ -97,27 +97,32 @@ def test_connection_refused_is_transient_and_counted(connect, free_port):
 
 
 def test_answer_slower_than_read_timeout_is_retried(connect, emulator):
-    hook = MaiHook(connect(extra={"timeout": 0.3}))
-    emulator.inject(Fault(status=None, delay=1.0))
+    # A deadline a busy machine still meets for a real answer; the fault waits twice as long.
+    hook = MaiHook(connect(extra={"timeout": 2.0}), sleep=SleepRecorder())
+    emulator.inject(Fault(status=None, delay=4.0))
     image = hook.generate_image("x", width=768, height=768)
     assert image.width == 768
-    assert len(emulator.requests) == 2
+    # At least the slow one and its retry; more only if a loaded machine also missed the deadline.
+    assert len(emulator.requests) >= 2
+    assert image.attempts == len(emulator.requests)
 
 
 # -- 15. retries that may have been billed ------------------------------------------------------------
 def test_a_retry_after_the_request_was_sent_is_logged_as_possibly_billed_and_counted(
     connect, emulator, tmp_path, caplog, capfd
 ):
-    connect(extra={"timeout": 0.5})
-    emulator.inject(Fault(status=None, delay=1.5))  # the service got it all, then went quiet
+    connect(extra={"timeout": 2.0})
+    emulator.inject(Fault(status=None, delay=4.0))  # the service got it all, then went quiet
     op = MaiGenerateImageOperator(task_id="g", prompt="p", width=768, height=768, output_path=f"{tmp_path}/")
     op.hook = MaiHook(op.mai_conn_id, sleep=SleepRecorder())
     caplog.set_level(logging.WARNING)
     result = op.execute(task_context())
     logs = caplog.text + capfd.readouterr().out
     assert "may have billed it" in logs
-    assert result["attempts"] == 2
-    assert json.loads(Path(result["sidecar_uri"].removeprefix("file://")).read_text())["attempts"] == 2
+    # Every request sent is counted (2, or more if a loaded machine also missed a later deadline).
+    assert result["attempts"] == len(emulator.requests) >= 2
+    sidecar = json.loads(Path(result["sidecar_uri"].removeprefix("file://")).read_text())
+    assert sidecar["attempts"] == result["attempts"]
 
 
 @pytest.mark.parametrize(
