@@ -14,8 +14,8 @@ pytest.importorskip(
     "airflow.providers.openlineage", reason="apache-airflow-providers-openlineage not installed"
 )
 
-from airflow_provider_mai.lineage import dataset_name  # noqa: E402
-from airflow_provider_mai.operators.mai import (  # noqa: E402
+from airflow_provider_mai.lineage import dataset_name
+from airflow_provider_mai.operators.mai import (
     MaiEditImageOperator,
     MaiGenerateImageOperator,
 )
