@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 from airflow.sdk import BaseOperator, conf
 
@@ -143,7 +143,7 @@ class MaiBaseImageOperator(BaseOperator):
             self._record = self._produce(request, location)
         return self._record.to_xcom()
 
-    def _defer(self, request: ImageRequest, location: ObjectStoragePath) -> None:
+    def _defer(self, request: ImageRequest, location: ObjectStoragePath) -> NoReturn:
         """Hand the request to the triggerer with small kwargs (no key, token or bytes)."""
         from airflow_provider_mai.triggers.mai import MaiImageTrigger
 
