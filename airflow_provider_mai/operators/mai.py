@@ -250,16 +250,12 @@ class MaiBaseImageOperator(BaseOperator):
             )
             return record.with_png(image.png)
         record = storage.store_image(
-            location, image, request, endpoint=self.hook.settings.endpoint, exclusive=self.if_exists == "fail"
-        )
-        self.log.info(
-            "Wrote %dx%d PNG (%d bytes, request id %s, %d attempt(s)) to %s",
-            image.width,
-            image.height,
-            image.size_bytes,
-            image.request_id,
-            image.attempts,
             location,
+            image,
+            request,
+            endpoint=self.hook.settings.endpoint,
+            exclusive=self.if_exists == "fail",
+            log=self.log,
         )
         return record
 

@@ -233,14 +233,6 @@ class MaiImageTrigger(BaseTrigger):
             request,
             endpoint=settings.endpoint,
             exclusive=self.exclusive,
-        )
-        self.log.info(
-            "Wrote %dx%d PNG (%d bytes, request id %s, %d attempt(s)) to %s",
-            image.width,
-            image.height,
-            image.size_bytes,
-            image.request_id,
-            image.attempts,
-            location,
+            log=self.log,
         )
         return record.to_xcom()
