@@ -176,6 +176,12 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_mai.operators.mai"],
             }
         ],
+        "triggers": [
+            {
+                "integration-name": "Microsoft Foundry MAI",
+                "python-modules": ["airflow_provider_mai.triggers.mai"],
+            }
+        ],
         "connection-types": [
             {
                 "connection-type": "mai",

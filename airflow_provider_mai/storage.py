@@ -345,3 +345,33 @@ def write_image(path: ObjectStoragePath, png: bytes, record: ImageRecord, *, exc
         raise MaiConfigurationError(f"cannot write the image to {path}: permission denied") from exc
     except OSError as exc:
         raise MaiConfigurationError(f"cannot write the image to {path}: {exc.strerror or exc}") from exc
+
+
+def store_image(
+    path: ObjectStoragePath,
+    image: Any,
+    request: ImageRequest,
+    *,
+    endpoint: str,
+    exclusive: bool = False,
+    log: Any = None,
+) -> ImageRecord:
+    """The one writing path of both modes: the record of ``image`` located at ``path``, its PNG
+    and sidecar written (:func:`write_image`), the write reported to ``log``."""
+    from airflow_provider_mai.models import ImageRecord
+
+    record = ImageRecord.from_image(image, request, endpoint=endpoint).replace(
+        uri=str(path), sidecar_uri=str(sidecar_path(path))
+    )
+    write_image(path, image.png, record, exclusive=exclusive)
+    if log is not None:
+        log.info(
+            "Wrote %dx%d PNG (%d bytes, request id %s, %d attempt(s)) to %s",
+            image.width,
+            image.height,
+            image.size_bytes,
+            image.request_id,
+            image.attempts,
+            path,
+        )
+    return record

@@ -7,6 +7,8 @@ Size the pool from the deployment's requests-per-minute (RPM) quota and the call
 
 Create it once: ``airflow pools set mai_image_quota 12 "MAI-Image-2.5 RPM quota"``. Fewer slots
 leave quota unused; more slots only earn 429 answers (which the hook retries, at a cost in time).
+With ``deferrable=True`` a waiting task leaves its pool slot unless the pool counts deferred tasks:
+``airflow pools set mai_image_quota 12 "MAI quota" --include-deferred`` (see docs/deferral.md).
 
 ``if_exists="skip"`` makes reruns and backfills free: an image whose sidecar records the same
 request is returned as it is, without spending quota.

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, conf
 
 from airflow_provider_mai.api import EDIT_OWN_FIELDS, GENERATE_OWN_FIELDS
-from airflow_provider_mai.exceptions import MaiOutputExistsError, MaiValidationError
+from airflow_provider_mai.exceptions import MaiError, MaiOutputExistsError, MaiValidationError
 from airflow_provider_mai.links import MaiImageLink
 from airflow_provider_mai.validation import (
     IF_EXISTS_CHOICES,
@@ -32,6 +32,12 @@ if TYPE_CHECKING:
     from airflow_provider_mai.hooks.mai import MaiHook
     from airflow_provider_mai.inputs import ImageSource
     from airflow_provider_mai.models import EditRequest, GenerateRequest, ImageRecord, ImageRequest
+
+
+_NO_OUTPUT_PATH = (
+    "deferrable=True needs output_path: the triggerer writes the PNG there (an image is never carried "
+    "in a trigger event or XCom)"
+)
 
 
 def is_literal(value: Any) -> bool:
@@ -64,6 +70,9 @@ class MaiBaseImageOperator(BaseOperator):
     :param extra_params: more request fields for newer models (templated), e.g.
         ``{"auto_aspect_ratio": True}``.
     :param mai_conn_id: the Airflow connection of type ``mai``.
+    :param deferrable: send the request from the triggerer instead of holding a worker slot while
+        the image is made (default: ``[operators] default_deferrable``, else False). Needs
+        ``output_path`` and a running triggerer; see docs/deferral.md.
     """
 
     template_fields: Sequence[str] = ("prompt", "model", "output_path", "extra_params", "mai_conn_id")
@@ -83,9 +92,13 @@ class MaiBaseImageOperator(BaseOperator):
         naming: str = "run",
         extra_params: dict[str, Any] | None = None,
         mai_conn_id: str = "mai_default",
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.deferrable = deferrable
+        if deferrable and output_path is None:
+            raise ValueError(_NO_OUTPUT_PATH)
         if if_exists not in IF_EXISTS_CHOICES:
             raise ValueError(f"if_exists must be one of {', '.join(IF_EXISTS_CHOICES)}; got {if_exists!r}")
         if naming not in NAMING_CHOICES:
@@ -119,7 +132,64 @@ class MaiBaseImageOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         request = self._request()
         location = self._location(context, request)
-        self._record = self._produce(request, location)
+        if self.deferrable:
+            if location is None:
+                raise MaiValidationError(_NO_OUTPUT_PATH)
+            reused = self._reusable(request, location)
+            if reused is None:
+                self._defer(request, location)
+            self._record = reused
+        else:
+            self._record = self._produce(request, location)
+        return self._record.to_xcom()
+
+    def _defer(self, request: ImageRequest, location: ObjectStoragePath) -> NoReturn:
+        """Hand the request to the triggerer with small kwargs (no key, token or bytes)."""
+        from airflow_provider_mai.triggers.mai import MaiImageTrigger
+
+        source = getattr(request, "source", None)
+        if request.operation == "edit" and not source:
+            raise MaiValidationError(
+                "deferrable=True needs the edit input as a location (a path, a URI or an upstream result "
+                "with a uri): image bytes are not stored in the trigger's kwargs"
+            )
+        trigger = MaiImageTrigger(
+            mai_conn_id=self.mai_conn_id,
+            operation=request.operation,
+            deployment=request.deployment,
+            prompt=request.prompt,
+            output_uri=str(location),
+            fingerprint=request.fingerprint,
+            width=getattr(request, "width", None),
+            height=getattr(request, "height", None),
+            extra_params=dict(request.extra_params),
+            source_image=source,
+            exclusive=self.if_exists == "fail",
+        )
+        self.log.info("Deferring: the triggerer sends the request and writes %s", location)
+        self.defer(trigger=trigger, method_name="execute_complete", timeout=self.execution_timeout)
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resume after the trigger: push its record (as the sync mode does) or raise its error.
+
+        Everything needed is in ``event`` (``dag.test()`` passes nothing else)."""
+        from airflow_provider_mai.models import ImageRecord
+        from airflow_provider_mai.triggers.mai import error_from_payload
+
+        if not isinstance(event, dict) or event.get("status") not in ("success", "error"):
+            raise MaiError(f"the MAI trigger sent an unexpected event ({type(event).__name__})")
+        if event["status"] == "error":
+            raise error_from_payload(event)
+        self._record = ImageRecord(**event["record"])
+        self.log.info(
+            "%s %dx%d PNG at %s (request id %s, %d attempt(s))",
+            "Reused" if self._record.reused else "Made",
+            self._record.width,
+            self._record.height,
+            self._record.uri,
+            self._record.request_id,
+            self._record.attempts,
+        )
         return self._record.to_xcom()
 
     def _location(self, context: Context, request: ImageRequest) -> ObjectStoragePath | None:
@@ -136,26 +206,36 @@ class MaiBaseImageOperator(BaseOperator):
             )
         return storage.resolve_output_path(self.output_path, name)
 
+    def _reusable(self, request: ImageRequest, location: ObjectStoragePath) -> ImageRecord | None:
+        """Everything before the request: the output checked, ``if_exists`` applied; a reusable
+        earlier image's record, else None (send)."""
+        from airflow_provider_mai import storage
+
+        storage.check_output(location)
+        if self.if_exists == "fail" and location.exists():
+            raise MaiOutputExistsError(f"{location} already exists and if_exists='fail'")
+        if self.if_exists == "skip":
+            settings = self.hook.settings
+            reused, why = storage.find_reusable(
+                location,
+                request.fingerprint,
+                endpoint=settings.endpoint,
+                max_bytes=settings.max_response_bytes,
+            )
+            if reused is not None:
+                self.log.info("%s already holds this request's image; skipped (no quota spent)", location)
+                return reused
+            self.log.info("%s: %s; sending the request", location, why)
+        return None
+
     def _produce(self, request: ImageRequest, location: ObjectStoragePath | None) -> ImageRecord:
         from airflow_provider_mai import storage
         from airflow_provider_mai.models import ImageRecord
 
         if location is not None:
-            storage.check_output(location)
-            if self.if_exists == "fail" and location.exists():
-                raise MaiOutputExistsError(f"{location} already exists and if_exists='fail'")
-            if self.if_exists == "skip":
-                settings = self.hook.settings
-                reused, why = storage.find_reusable(
-                    location,
-                    request.fingerprint,
-                    endpoint=settings.endpoint,
-                    max_bytes=settings.max_response_bytes,
-                )
-                if reused is not None:
-                    self.log.info("%s already holds this request's image; skipped (no quota spent)", location)
-                    return reused
-                self.log.info("%s: %s; sending the request", location, why)
+            reused = self._reusable(request, location)
+            if reused is not None:
+                return reused
         image = self.hook.get_conn().send(request)
         record = ImageRecord.from_image(image, request, endpoint=self.hook.settings.endpoint)
         if location is None:
@@ -169,16 +249,13 @@ class MaiBaseImageOperator(BaseOperator):
                 image.attempts,
             )
             return record.with_png(image.png)
-        record = record.replace(uri=str(location), sidecar_uri=str(storage.sidecar_path(location)))
-        storage.write_image(location, image.png, record, exclusive=self.if_exists == "fail")
-        self.log.info(
-            "Wrote %dx%d PNG (%d bytes, request id %s, %d attempt(s)) to %s",
-            image.width,
-            image.height,
-            image.size_bytes,
-            image.request_id,
-            image.attempts,
+        record = storage.store_image(
             location,
+            image,
+            request,
+            endpoint=self.hook.settings.endpoint,
+            exclusive=self.if_exists == "fail",
+            log=self.log,
         )
         return record
 

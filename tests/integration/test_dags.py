@@ -92,8 +92,9 @@ def test_xcom_chain_carries_base64_and_templated_sizes(dag_env, emulator):
     json.dumps(generated)  # the XCom is plain JSON
 
 
-def test_mapped_generation_feeds_mapped_edits_each_to_its_own_file(dag_env, emulator):
-    run, states, xcoms = run_dag("mai_test_mapped", {"out": str(dag_env)})
+@pytest.mark.parametrize("dag_id", ["mai_test_mapped", "mai_test_mapped_deferrable"])
+def test_mapped_generation_feeds_mapped_edits_each_to_its_own_file(dag_env, emulator, dag_id):
+    run, states, xcoms = run_dag(dag_id, {"out": str(dag_env)})
     assert run.state == "success", states
     gen = sorted((dag_env / "gen").glob("*.png"))
     edit = sorted((dag_env / "edit").glob("*.png"))
@@ -230,3 +231,39 @@ def test_a_real_dag_run_emits_the_image_lineage(airflow_db, connect, emulator, t
     assert [(d["namespace"], d["name"]) for d in complete["edit"]["inputs"]] == [("file", generated["name"])]
     assert complete["generate"]["job"]["facets"]["mai_image"]["deployment"] == "mai-image-2-5"
     assert complete["edit"]["run"]["facets"]["mai_image"]["ai_generated"] is True
+
+
+def test_deferrable_batch_matches_the_sync_records_and_leaves_no_secret_or_bytes_in_the_db(dag_env, emulator):
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.trigger import Trigger
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    from tests.conftest import API_KEY
+
+    _, _, sync = run_dag("mai_test_mapped", {"out": str(dag_env / "sync")})
+    run, states, deferred = run_dag("mai_test_mapped_deferrable", {"out": str(dag_env / "deferred")})
+    assert run.state == "success", states
+    assert sync.keys() == deferred.keys()
+    for key, record in deferred.items():
+        assert record.keys() == sync[key].keys()
+        assert record["b64_json"] is None and record["attempts"] == 1 and not record["reused"]
+        sidecar = json.loads(Path(record["sidecar_uri"].removeprefix("file://")).read_text())
+        assert (
+            sidecar.keys()
+            == json.loads(Path(sync[key]["sidecar_uri"].removeprefix("file://")).read_text()).keys()
+        )
+    with create_session() as session:
+        triggers = [json.dumps(t.kwargs, default=str) for t in session.query(Trigger).all()]
+        next_kwargs = [
+            json.dumps(ti.next_kwargs, default=str)
+            for ti in session.query(TaskInstance).filter_by(dag_id="mai_test_mapped_deferrable")
+        ]
+        xcom_rows = [
+            json.dumps(XComModel.deserialize_value(row), default=str)
+            for row in session.query(XComModel).filter_by(dag_id="mai_test_mapped_deferrable")
+        ]
+    assert triggers, "dag.test() stores each deferral's trigger"
+    for text in triggers + next_kwargs + xcom_rows:
+        assert API_KEY not in text
+        assert len(text) < 4096  # a record, never image bytes (a PNG is megabytes of base64)

@@ -20,18 +20,28 @@ with DAG("mai_test_xcom_chain", schedule=None, start_date=START, params={"width"
     )
     MaiEditImageOperator(task_id="edit", image=generate.output, prompt="Make the wall green")
 
-with DAG(
-    "mai_test_mapped",
-    schedule=None,
-    start_date=START,
-    params={"out": Param("/tmp/mai-test-out", type="string")},
-):
-    mapped = MaiGenerateImageOperator.partial(
-        task_id="generate", width=768, height=768, output_path="{{ params.out }}/gen/"
-    ).expand(prompt=["a blue kite", "a green kite", "a red kite"])
-    MaiEditImageOperator.partial(
-        task_id="edit", prompt="Add a rainbow", output_path="{{ params.out }}/edit/"
-    ).expand(image=mapped.output)
+# The same generate -> edit batch in both modes: the deferrable one runs its requests in the
+# triggerer (dag.test() runs the trigger inline) and must give the same files and records.
+for _dag_id, _deferrable in (("mai_test_mapped", False), ("mai_test_mapped_deferrable", True)):
+    with DAG(
+        _dag_id,
+        schedule=None,
+        start_date=START,
+        params={"out": Param("/tmp/mai-test-out", type="string")},
+    ):
+        mapped = MaiGenerateImageOperator.partial(
+            task_id="generate",
+            width=768,
+            height=768,
+            output_path="{{ params.out }}/gen/",
+            deferrable=_deferrable,
+        ).expand(prompt=["a blue kite", "a green kite", "a red kite"])
+        MaiEditImageOperator.partial(
+            task_id="edit",
+            prompt="Add a rainbow",
+            output_path="{{ params.out }}/edit/",
+            deferrable=_deferrable,
+        ).expand(image=mapped.output)
 
 with DAG(
     "mai_test_reuse_across_runs",

@@ -347,3 +347,42 @@ def test_read_only_folder_is_refused_before_sending(emulator, tmp_path):
     with pytest.raises(MaiConfigurationError, match="permission"):
         MaiGenerateImageOperator(task_id="g", prompt="p", output_path=f"{locked}/").execute(context())
     assert emulator.requests == []
+
+
+# -- deferrable mode -------------------------------------------------------------------------------
+def test_deferrable_defers_with_small_kwargs_and_no_secret(tmp_path):
+    import json as _json
+
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from tests.conftest import API_KEY
+
+    op = MaiGenerateImageOperator(task_id="g", prompt="a kite", output_path=f"{tmp_path}/", deferrable=True)
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(context())
+    classpath, kwargs = deferred.value.trigger.serialize()
+    assert classpath == "airflow_provider_mai.triggers.mai.MaiImageTrigger"
+    assert deferred.value.method_name == "execute_complete"
+    text = _json.dumps(kwargs)
+    assert API_KEY not in text and len(text) < 2000
+    assert kwargs["output_uri"].endswith(".png") and not files_in(tmp_path)
+
+
+def test_deferrable_reuse_never_defers(tmp_path):
+    out = f"{tmp_path}/"
+    first = MaiGenerateImageOperator(
+        task_id="g", prompt="a kite", output_path=out, naming="request", if_exists="skip"
+    ).execute(context())
+    again = MaiGenerateImageOperator(
+        task_id="g", prompt="a kite", output_path=out, naming="request", if_exists="skip", deferrable=True
+    ).execute(context())
+    assert again["reused"] and again["sha256"] == first["sha256"]
+
+
+def test_deferrable_with_a_templated_empty_output_path_is_refused_when_run():
+    op = MaiGenerateImageOperator(
+        task_id="g", prompt="a kite", output_path="{{ params.out }}", deferrable=True
+    )
+    op.output_path = ""  # as the template renders it
+    with pytest.raises(MaiValidationError, match="output_path"):
+        op.execute(context())
