@@ -258,10 +258,16 @@ def thumbnail(
     if not_modified is not None:
         return not_modified
     sha256 = str(image.result["sha256"])
+    # The cache is looked up only after this result's own read succeeded: the bytes at its location
+    # hash to its sha256 (a result naming another image's sha256 and a missing file gets nothing).
+    png = _png_or_error(session, image)
     cache = thumbnail_cache()
-    jpeg = cache.get(sha256, size)
+    key = f"{image.uri or 'xcom'}\n{sha256}"
+    jpeg = cache.get(key, size)
     if jpeg is None:
-        png = _png_or_error(session, image)
+        failed = cache.failure(sha256)
+        if failed is not None:  # these bytes failed to decode before: not decoded again
+            raise HTTPException(502, f"cannot make a thumbnail of {ti.label}: {failed}")
         try:
             jpeg = make_thumbnail(png, size)
         except ThumbnailsUnavailableError as exc:
@@ -269,8 +275,9 @@ def thumbnail(
         except ThumbnailsBusyError as exc:
             raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
         except ValueError as exc:
+            cache.fail(sha256, str(exc))
             raise HTTPException(502, f"cannot make a thumbnail of {ti.label}: {exc}") from None
-        cache.put(sha256, size, jpeg)
+        cache.put(key, size, jpeg)
     return Response(jpeg, media_type="image/jpeg", headers=headers)
 
 
@@ -338,7 +345,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     """Errors as Airflow answers them (status and JSON ``detail``), as a page for the page routes."""
     assert isinstance(exc, StarletteHTTPException)
     if not _wants_html(request):
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        headers = {"X-Content-Type-Options": "nosniff", **(exc.headers or {})}
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
     headings = {401: "Please sign in", 403: "Not allowed", 404: "Not found"}
     message = {
         401: "Your Airflow session has ended or you are not signed in: sign in to Airflow again.",

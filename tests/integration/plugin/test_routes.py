@@ -331,14 +331,18 @@ def test_thumbnails_are_small_jpegs_cached_by_sha256(api, tokens, ui_run):
     )
     assert "immutable" in tagged.headers["cache-control"]  # this URL names this very image for good
     assert png.stat().st_size > 25 * sizes[320]  # ~1.6 MB PNG -> a few tens of KB at most
-    # Cached by the image's sha256: served again without reading the store...
+    # Cached by location and sha256, looked up only after this result's own read succeeded...
     original = png.read_bytes()
     cache = thumbnail_cache()
     hits = cache.hits
+    answer = api.get(route("thumb", ui_run.run_id, "generate", 0), headers=viewer)
+    assert answer.status_code == 200 and cache.hits == hits + 1
     png.unlink()
     try:
-        answer = api.get(route("thumb", ui_run.run_id, "generate", 0), headers=viewer)
-        assert answer.status_code == 200 and cache.hits == hits + 1
+        # ... so a file that is gone gets no thumbnail from the cache (nor would a forged result
+        # naming this image's sha256 and a missing file).
+        cached_gone = api.get(route("thumb", ui_run.run_id, "generate", 0), headers=viewer)
+        assert cached_gone.status_code == 404 and cached_gone.headers["x-content-type-options"] == "nosniff"
         gone = api.get(route("image", ui_run.run_id, "generate", 0), headers=viewer)
         assert gone.status_code == 404 and "no longer at" in gone.json()["detail"]
         # ... and never served stale: a different image at that location is refused for this run.
@@ -676,7 +680,7 @@ def test_thumbnails_decode_only_png_and_jpeg_of_a_mai_size(tmp_path):
     )
     assert printed_by_python(code) == [
         *(
-            f"{suffix} refused: not a readable image: only PNG and JPEG are decoded"
+            f"{suffix} refused: not a readable image: only PNG is decoded (not a PNG image)"
             for suffix in (".bmp", ".eps", ".gif", ".tiff")
         ),
         "EPS reader loaded: False",
@@ -686,8 +690,28 @@ def test_thumbnails_decode_only_png_and_jpeg_of_a_mai_size(tmp_path):
     Image.new("L", (side, side)).save(big, "PNG")
     from airflow_provider_mai.plugin.thumbnails import make_thumbnail
 
-    with pytest.raises(ValueError, match=f"{side}x{side}: too large"):
+    with pytest.raises(ValueError, match=f"{side}x{side}: more than 4,000,000 pixels"):
         make_thumbnail(big.getvalue(), 160)
+
+
+def test_thumbnails_refuse_a_jpeg_named_png_and_a_chunk_bomb_without_decoding():
+    from airflow_provider_mai.plugin.thumbnails import make_thumbnail
+    from tests.support.helpers import chunk_bomb_png, make_jpeg
+
+    with pytest.raises(ValueError, match="only PNG is decoded"):
+        make_thumbnail(make_jpeg(), 160)  # e.g. a progressive JPEG of 20,000 scans, named .png
+    with pytest.raises(ValueError, match="more than 4,096 chunks"):
+        make_thumbnail(chunk_bomb_png(), 160)
+
+
+def test_thumbnail_cache_remembers_failed_decodes_boundedly():
+    from airflow_provider_mai.plugin.thumbnails import MAX_REMEMBERED_FAILURES, ThumbnailCache
+
+    cache = ThumbnailCache(max_bytes=100)
+    assert cache.failure("a" * 64) is None
+    for number in range(MAX_REMEMBERED_FAILURES + 1):
+        cache.fail(f"{number:064x}", "not a PNG")
+    assert cache.failure(f"{0:064x}") is None and cache.failure(f"{1:064x}") == "not a PNG"
 
 
 def test_thumbnails_are_made_a_bounded_number_at_a_time():
