@@ -60,6 +60,9 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
 }
+#: Bounds of the query parameters (out of them: a 400 that says so, never a 500).
+MAX_MAP_INDEX = 2**31 - 1
+EARLIEST_DATE, LATEST_DATE = date(1970, 1, 1), date(9000, 12, 31)
 _UNFILLED_PLACEHOLDER = re.compile(r"^\{[A-Z_]+\}$")
 
 XComReadAccess = Depends(requires_access_dag(method="GET", access_entity=DagAccessEntity.XCOM))
@@ -75,6 +78,8 @@ def parse_map_index(value: str | None) -> int:
         raise HTTPException(400, f"map_index must be a whole number; got {value!r}") from None
     if index < -1:
         raise HTTPException(400, f"map_index must be -1 or more; got {index}")
+    if index > MAX_MAP_INDEX:  # the database's column is a 32-bit integer
+        raise HTTPException(400, f"map_index must be at most {MAX_MAP_INDEX}; got {index}")
     return index
 
 
@@ -82,9 +87,12 @@ def _parse_date(name: str, value: str | None) -> date | None:
     if not value:
         return None
     try:
-        return date.fromisoformat(value)
+        parsed = date.fromisoformat(value)
     except ValueError:
         raise HTTPException(400, f"{name} must be a date like 2026-11-29; got {value!r}") from None
+    if not EARLIEST_DATE <= parsed <= LATEST_DATE:  # 9999-12-31 + 1 day would overflow
+        raise HTTPException(400, f"{name} must be between {EARLIEST_DATE} and {LATEST_DATE}; got {value}")
+    return parsed
 
 
 MapIndex = Annotated[str | None, Query(description="The map index; -1 or the literal {MAP_INDEX}: unmapped")]

@@ -278,6 +278,12 @@ def test_bad_parameters_are_clear_400s(api, tokens, ui_run):
     assert bad_index.status_code == 400 and "map_index must be a whole number" in bad_index.json()["detail"]
     bad_size = api.get(route("thumb", ui_run.run_id) + "&size=4000", headers=viewer)
     assert bad_size.status_code == 400 and "size must be one of 160, 320" in bad_size.json()["detail"]
+    for name in ("image", "thumb", "ti", "sidecar"):
+        huge = api.get(route(name, ui_run.run_id, "edit", 10**20), headers=viewer)
+        assert huge.status_code == 400 and "map_index must be at most" in huge.text, name
+    for query in ("until=9999-12-31", "since=0001-01-01", "page=0", "page=10000000000"):
+        out_of_range = api.get(f"/mai/gallery?{query}", headers=viewer)
+        assert out_of_range.status_code == 400, query
     missing = api.get(f"/mai/image?dag_id={DAG_ID}", headers=viewer)
     assert missing.status_code == 400 and "run_id" in missing.json()["detail"]
 
@@ -623,6 +629,18 @@ def test_review_markdown_gives_no_thumbnail_to_a_result_that_is_not_a_mai_image(
     assert "tasks/gen/mapped/3/plugin/mai-image" in captions  # each column still links to its tab
     with pytest.raises(ValueError, match="64 lowercase hex digits"):
         thumbnail_url("d", "r", "gen", sha256="x)](javascript:alert(1))")
+
+
+def test_only_locations_we_write_are_opened_whatever_their_spelling():
+    from airflow_provider_mai.plugin.trust import png_uri
+
+    for refused in (
+        " http://127.0.0.2/x.png", "http://127.0.0.2/x.png ", "HTTPS://h/x.png", "\thttp://h/x.png",
+        "ftp://h/x.png", "data:x.png", "/x\n.png", "memory://x.png",
+    ):
+        assert png_uri(refused) is None, refused
+    for kept in ("/data/x.png", "file:///data/x.png", "s3://aws_default@b/x.PNG", "abfs://c/x.png"):
+        assert png_uri(kept) == kept
 
 
 def test_map_index_reads_the_unfilled_placeholder_as_unmapped():
