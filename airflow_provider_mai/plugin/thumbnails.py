@@ -176,7 +176,7 @@ def cache_from_config() -> ThumbnailCache:
     try:  # the compat SDK import Airflow's provider checks ask for (Airflow 3.2+), else the old one
         from airflow.sdk.configuration import conf
     except ImportError:  # pragma: no cover - older Airflow
-        from airflow.configuration import conf  # type: ignore[no-redef]
+        from airflow.configuration import conf
 
     megabytes = conf.getint("mai", "ui_thumbnail_cache_mb", fallback=DEFAULT_CACHE_MB)
     if megabytes < 1:

@@ -635,8 +635,14 @@ def test_only_locations_we_write_are_opened_whatever_their_spelling():
     from airflow_provider_mai.plugin.trust import png_uri
 
     for refused in (
-        " http://127.0.0.2/x.png", "http://127.0.0.2/x.png ", "HTTPS://h/x.png", "\thttp://h/x.png",
-        "ftp://h/x.png", "data:x.png", "/x\n.png", "memory://x.png",
+        " http://127.0.0.2/x.png",
+        "http://127.0.0.2/x.png ",
+        "HTTPS://h/x.png",
+        "\thttp://h/x.png",
+        "ftp://h/x.png",
+        "data:x.png",
+        "/x\n.png",
+        "memory://x.png",
     ):
         assert png_uri(refused) is None, refused
     for kept in ("/data/x.png", "file:///data/x.png", "s3://aws_default@b/x.PNG", "abfs://c/x.png"):
