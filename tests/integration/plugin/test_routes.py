@@ -205,7 +205,13 @@ def test_gallery_shows_the_run_with_edits_beside_their_sources_and_only_thumbnai
     assert "a red kite &lt;b&gt;at dusk&lt;/b&gt;" in html and "<b>at dusk" not in html
     assert "MAI-Image-2.5" in html and "1024\u00d7768" in html
     assert 'class="badge ai" title="This image was generated or edited by an AI model' in html
-    assert answer.headers["content-security-policy"].startswith("default-src 'none'")
+    csp = answer.headers["content-security-policy"]
+    assert csp.startswith("default-src 'none'") and "script-src 'nonce-" in csp
+    assert "'unsafe-inline'" not in csp.split("script-src")[1].split(";")[0]
+    nonce = re.search(r"script-src 'nonce-([^']+)'", csp)[1]
+    assert f'<script nonce="{nonce}">' in html and html.count("<script") == 1
+    again = api.get("/mai/gallery", headers=as_user(tokens, "viewer")).headers["content-security-policy"]
+    assert again != csp  # a fresh nonce per response
 
 
 def test_gallery_filters_by_dag_and_date(api, tokens, ui_run):
