@@ -39,7 +39,7 @@ from airflow_provider_mai.exceptions import (
     MaiTransientError,
 )
 from airflow_provider_mai.models import ImageRequest, MaiImage
-from airflow_provider_mai.validation import png_size
+from airflow_provider_mai.validation import check_png_structure
 
 if TYPE_CHECKING:
     from airflow_provider_mai.client.settings import MaiSettings
@@ -179,9 +179,9 @@ def parse_image(answer: Answer, request: ImageRequest, attempts: int = 1) -> Mai
         raise broken("data[0].b64_json is not valid base64") from None
     del encoded
     try:
-        width, height = png_size(png)
-    except ValueError:
-        raise broken("the decoded image is not a PNG") from None
+        width, height = check_png_structure(png)
+    except ValueError as exc:
+        raise broken(f"the decoded image is not a PNG within bounds: {exc}") from None
     extra = {k: v for k, v in parsed.items() if k != "data"}
     usage = extra.get("usage")
     if not isinstance(usage, dict):

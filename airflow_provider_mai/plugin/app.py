@@ -52,14 +52,27 @@ MAX_IMAGES_PER_PAGE = 500
 IMMUTABLE = "private, max-age=604800, immutable"
 REVALIDATE = "private, no-cache"
 #: The pages load nothing from elsewhere; their one inline script and style are static text.
-PAGE_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+PAGE_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+
+
+def page_headers(nonce: str) -> dict[str, str]:
+    """A page's headers: its one script runs by a per-response nonce (no inline script else)."""
+    csp = (
+        f"default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; script-src 'nonce-{nonce}'; "
         "form-action 'self'; base-uri 'none'; frame-ancestors 'self'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Cache-Control": "no-store",
-}
+    )
+    return {"Content-Security-Policy": csp, **PAGE_HEADERS}
+
+
+def _nonce() -> str:
+    import secrets
+
+    return secrets.token_urlsafe(18)
+
+
+#: Bounds of the query parameters (out of them: a 400 that says so, never a 500).
+MAX_MAP_INDEX = 2**31 - 1
+EARLIEST_DATE, LATEST_DATE = date(1970, 1, 1), date(9000, 12, 31)
 _UNFILLED_PLACEHOLDER = re.compile(r"^\{[A-Z_]+\}$")
 
 XComReadAccess = Depends(requires_access_dag(method="GET", access_entity=DagAccessEntity.XCOM))
@@ -75,6 +88,8 @@ def parse_map_index(value: str | None) -> int:
         raise HTTPException(400, f"map_index must be a whole number; got {value!r}") from None
     if index < -1:
         raise HTTPException(400, f"map_index must be -1 or more; got {index}")
+    if index > MAX_MAP_INDEX:  # the database's column is a 32-bit integer
+        raise HTTPException(400, f"map_index must be at most {MAX_MAP_INDEX}; got {index}")
     return index
 
 
@@ -82,9 +97,12 @@ def _parse_date(name: str, value: str | None) -> date | None:
     if not value:
         return None
     try:
-        return date.fromisoformat(value)
+        parsed = date.fromisoformat(value)
     except ValueError:
         raise HTTPException(400, f"{name} must be a date like 2026-11-29; got {value!r}") from None
+    if not EARLIEST_DATE <= parsed <= LATEST_DATE:  # 9999-12-31 + 1 day would overflow
+        raise HTTPException(400, f"{name} must be between {EARLIEST_DATE} and {LATEST_DATE}; got {value}")
+    return parsed
 
 
 MapIndex = Annotated[str | None, Query(description="The map index; -1 or the literal {MAP_INDEX}: unmapped")]
@@ -103,8 +121,9 @@ def _templates() -> Environment:
 
 
 def _page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
-    html = _templates().get_template(template).render(thumbnails=pillow_available(), **context)
-    return HTMLResponse(html, status_code=status, headers=PAGE_HEADERS)
+    nonce = _nonce()
+    html = _templates().get_template(template).render(thumbnails=pillow_available(), nonce=nonce, **context)
+    return HTMLResponse(html, status_code=status, headers=page_headers(nonce))
 
 
 @lru_cache(maxsize=1)
@@ -258,10 +277,16 @@ def thumbnail(
     if not_modified is not None:
         return not_modified
     sha256 = str(image.result["sha256"])
+    # The cache is looked up only after this result's own read succeeded: the bytes at its location
+    # hash to its sha256 (a result naming another image's sha256 and a missing file gets nothing).
+    png = _png_or_error(session, image)
     cache = thumbnail_cache()
-    jpeg = cache.get(sha256, size)
+    key = f"{image.uri or 'xcom'}\n{sha256}"
+    jpeg = cache.get(key, size)
     if jpeg is None:
-        png = _png_or_error(session, image)
+        failed = cache.failure(sha256)
+        if failed is not None:  # these bytes failed to decode before: not decoded again
+            raise HTTPException(502, f"cannot make a thumbnail of {ti.label}: {failed}")
         try:
             jpeg = make_thumbnail(png, size)
         except ThumbnailsUnavailableError as exc:
@@ -269,8 +294,9 @@ def thumbnail(
         except ThumbnailsBusyError as exc:
             raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
         except ValueError as exc:
+            cache.fail(sha256, str(exc))
             raise HTTPException(502, f"cannot make a thumbnail of {ti.label}: {exc}") from None
-        cache.put(sha256, size, jpeg)
+        cache.put(key, size, jpeg)
     return Response(jpeg, media_type="image/jpeg", headers=headers)
 
 
@@ -338,7 +364,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     """Errors as Airflow answers them (status and JSON ``detail``), as a page for the page routes."""
     assert isinstance(exc, StarletteHTTPException)
     if not _wants_html(request):
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        headers = {"X-Content-Type-Options": "nosniff", **(exc.headers or {})}
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+    nonce = _nonce()
     headings = {401: "Please sign in", 403: "Not allowed", 404: "Not found"}
     message = {
         401: "Your Airflow session has ended or you are not signed in: sign in to Airflow again.",
@@ -352,9 +380,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
             heading=headings.get(exc.status_code, "Cannot show this"),
             message=message,
             status=exc.status_code,
+            nonce=nonce,
         )
     )
-    return HTMLResponse(html, status_code=exc.status_code, headers={**PAGE_HEADERS, **(exc.headers or {})})
+    headers = {**page_headers(nonce), **(exc.headers or {})}
+    return HTMLResponse(html, status_code=exc.status_code, headers=headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:

@@ -18,9 +18,10 @@ MAX_THUMBNAIL_BYTES = 40 * 1024
 QUALITIES = (82, 72, 62, 50, 38)
 #: Largest image (pixels) the plugin decodes: MAI images are at most one megapixel.
 MAX_SOURCE_PIXELS = 4_000_000
-#: The only formats decoded: the service answers PNG (JPEG for inputs). Pillow would otherwise try
-#: every format it knows on bytes a task put in XCom (EPS even runs Ghostscript).
-SOURCE_FORMATS = ("PNG", "JPEG")
+#: The only format decoded, judged by content (signature, IHDR, bounded chunk structure) before
+#: Pillow sees the bytes: the service answers PNG only. A progressive JPEG named .png (20,000 scans:
+#: ~55 s of CPU) is refused without decoding; Pillow never tries another format (EPS runs Ghostscript).
+SOURCE_FORMATS = ("PNG",)
 #: Thumbnails made at once in one api-server process (each decode holds up to ~16 MB), and how
 #: long a request waits for its turn before it is told to come back.
 MAX_CONCURRENT_DECODES = 2
@@ -72,6 +73,13 @@ def make_thumbnail(png: bytes, size: int, *, wait: float = DECODE_WAIT_SECONDS) 
 def _thumbnail(png: bytes, size: int) -> bytes:
     from PIL import Image, UnidentifiedImageError
 
+    from airflow_provider_mai.validation import check_png_structure
+
+    try:
+        # Bounded and pure: chunk count, ancillary bytes and pixels, before any decoding.
+        check_png_structure(png, max_pixels=MAX_SOURCE_PIXELS)
+    except ValueError as exc:
+        raise ValueError(f"not a readable image: only PNG is decoded ({exc})") from None
     image: Image.Image
     try:
         image = Image.open(io.BytesIO(png), formats=SOURCE_FORMATS)
@@ -80,7 +88,7 @@ def _thumbnail(png: bytes, size: int) -> bytes:
         image.draft("RGB", (size, size))  # JPEG sources decode at a reduced scale; PNGs ignore it
         image.load()
     except UnidentifiedImageError:
-        raise ValueError("not a readable image: only PNG and JPEG are decoded") from None
+        raise ValueError("not a readable image: only PNG is decoded") from None
     except (OSError, Image.DecompressionBombError) as exc:
         raise ValueError(f"not a readable image: {exc}") from None
     if image.mode in ("RGBA", "LA", "P", "PA"):
@@ -102,39 +110,57 @@ def _thumbnail(png: bytes, size: int) -> bytes:
     raise ValueError("cannot make a thumbnail within the size bound")
 
 
+#: Images that failed to decode, remembered by sha256 so a hostile image costs one decode only.
+MAX_REMEMBERED_FAILURES = 4096
+
+
 class ThumbnailCache:
-    """Thumbnails by (sha256, size), bounded by total bytes; least recently used leave first."""
+    """Thumbnails by (key, size), bounded by total bytes; least recently used leave first. The
+    plugin's key is the verified location and the sha256 its bytes hashed to."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self._items: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self._failed: OrderedDict[str, str] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
-    def get(self, sha256: str, size: int) -> bytes | None:
+    def get(self, key: str, size: int) -> bytes | None:
         with self._lock:
-            data = self._items.get((sha256, size))
+            data = self._items.get((key, size))
             if data is None:
                 self.misses += 1
                 return None
             self.hits += 1
-            self._items.move_to_end((sha256, size))
+            self._items.move_to_end((key, size))
             return data
 
-    def put(self, sha256: str, size: int, data: bytes) -> None:
+    def put(self, key: str, size: int, data: bytes) -> None:
         if len(data) > self.max_bytes:
             return
         with self._lock:
-            previous = self._items.pop((sha256, size), None)
+            previous = self._items.pop((key, size), None)
             if previous is not None:
                 self._bytes -= len(previous)
-            self._items[(sha256, size)] = data
+            self._items[(key, size)] = data
             self._bytes += len(data)
             while self._bytes > self.max_bytes:
                 _, evicted = self._items.popitem(last=False)
                 self._bytes -= len(evicted)
+
+    def failure(self, sha256: str) -> str | None:
+        """Why the image with this sha256 could not be decoded, when it failed before."""
+        with self._lock:
+            return self._failed.get(sha256)
+
+    def fail(self, sha256: str, why: str) -> None:
+        """Remember that these bytes do not decode (bounded: the oldest failures are forgotten)."""
+        with self._lock:
+            self._failed[sha256] = why[:300]
+            while len(self._failed) > MAX_REMEMBERED_FAILURES:
+                self._failed.popitem(last=False)
 
     @property
     def size_bytes(self) -> int:
@@ -147,7 +173,10 @@ class ThumbnailCache:
 
 def cache_from_config() -> ThumbnailCache:
     """The api-server's cache, sized by ``[mai] ui_thumbnail_cache_mb`` (default 32 MB)."""
-    from airflow.configuration import conf
+    try:  # the compat SDK import Airflow's provider checks ask for (Airflow 3.2+), else the old one
+        from airflow.sdk.configuration import conf
+    except ImportError:  # pragma: no cover - older Airflow
+        from airflow.configuration import conf
 
     megabytes = conf.getint("mai", "ui_thumbnail_cache_mb", fallback=DEFAULT_CACHE_MB)
     if megabytes < 1:

@@ -23,6 +23,7 @@ storage reads in :mod:`.reads`, the records the pages render in :mod:`.views`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -62,7 +63,11 @@ class ImageUnavailableError(Exception):
 #: Result fields the pages show, by the type each must have.
 _TEXT_FIELDS = ("prompt", "operation", "model", "deployment", "request_id", "source_image", "created_utc")
 _COUNT_FIELDS = ("width", "height", "size_bytes")
-_WEB_SCHEMES = ("http://", "https://")
+#: The schemes operators write outputs to: local files and ObjectStoragePath's object stores.
+WRITTEN_SCHEMES = frozenset(
+    {"file", "local", "s3", "s3a", "gs", "gcs", "abfs", "abfss", "az", "adl", "wasb", "wasbs"}
+)
+_SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*):")
 
 
 def png_uri(value: Any) -> str | None:
@@ -71,9 +76,16 @@ def png_uri(value: Any) -> str | None:
     whatever URL a task named). None otherwise."""
     if not isinstance(value, str) or len(value) <= len(".png"):
         return None
-    lowered = value.lower()
-    if not lowered.endswith(".png") or lowered.startswith(_WEB_SCHEMES):
+    # Decided on the normalised spelling: a location with surrounding spaces or control characters
+    # is not one an operator writes (" http://x.png" still reads as http through ObjectStoragePath).
+    if value != value.strip() or any(ord(char) < 32 or ord(char) == 127 for char in value):
         return None
+    lowered = value.lower()
+    if not lowered.endswith(".png"):
+        return None
+    scheme = _SCHEME.match(lowered)
+    if scheme is not None and scheme.group(1) not in WRITTEN_SCHEMES:
+        return None  # the web (http, https, ftp...) and any scheme we never write to
     return value
 
 

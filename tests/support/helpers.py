@@ -230,3 +230,13 @@ def make_tls_files(folder: Path, name: str = "test") -> tuple[Path, Path, Path]:
         )
     )
     return ca_pem, cert_pem, key_pem
+
+
+def chunk_bomb_png(chunks: int = 1_200_000) -> bytes:
+    """A small valid PNG with ``chunks`` empty ancillary chunks before its image data (~12 bytes
+    each): cheap to send, tens of seconds for a decoder's chunk loop."""
+    import zlib
+
+    png = make_png(8, 8)
+    empty = b"\x00\x00\x00\x00tEXt" + zlib.crc32(b"tEXt").to_bytes(4, "big")
+    return png[:33] + empty * chunks + png[33:]

@@ -92,3 +92,28 @@ def test_sizes_that_only_look_like_numbers_are_validation_errors(connect, emulat
     with pytest.raises(MaiValidationError, match="whole number"):
         MaiHook(connect()).generate_image("x", width=width, height=1024)
     assert emulator.requests == []
+
+
+def test_png_structure_check_bounds_chunks_ancillary_bytes_and_pixels():
+    import struct
+    import zlib
+
+    from airflow_provider_mai.validation import check_png_structure
+    from tests.support.helpers import chunk_bomb_png, make_jpeg, make_png
+
+    assert check_png_structure(make_png(64, 48)) == (64, 48)
+    with pytest.raises(ValueError, match="more than 4,096 chunks"):
+        check_png_structure(chunk_bomb_png())
+    png = make_png(8, 8)
+    text = b"k\0" + b"x" * 2_000_000
+    big = struct.pack(">I", len(text)) + b"tEXt" + text + zlib.crc32(b"tEXt" + text).to_bytes(4, "big")
+    with pytest.raises(ValueError, match="ancillary"):
+        check_png_structure(png[:33] + big + png[33:])
+    with pytest.raises(ValueError, match="truncated"):
+        check_png_structure(png[:-20])
+    huge = bytearray(png)
+    huge[16:24] = struct.pack(">II", 30_000, 30_000)
+    with pytest.raises(ValueError, match="more than 4,000,000 pixels"):
+        check_png_structure(bytes(huge))
+    with pytest.raises(ValueError, match="not a PNG"):
+        check_png_structure(make_jpeg())

@@ -205,7 +205,13 @@ def test_gallery_shows_the_run_with_edits_beside_their_sources_and_only_thumbnai
     assert "a red kite &lt;b&gt;at dusk&lt;/b&gt;" in html and "<b>at dusk" not in html
     assert "MAI-Image-2.5" in html and "1024\u00d7768" in html
     assert 'class="badge ai" title="This image was generated or edited by an AI model' in html
-    assert answer.headers["content-security-policy"].startswith("default-src 'none'")
+    csp = answer.headers["content-security-policy"]
+    assert csp.startswith("default-src 'none'") and "script-src 'nonce-" in csp
+    assert "'unsafe-inline'" not in csp.split("script-src")[1].split(";")[0]
+    nonce = re.search(r"script-src 'nonce-([^']+)'", csp)[1]
+    assert f'<script nonce="{nonce}">' in html and html.count("<script") == 1
+    again = api.get("/mai/gallery", headers=as_user(tokens, "viewer")).headers["content-security-policy"]
+    assert again != csp  # a fresh nonce per response
 
 
 def test_gallery_filters_by_dag_and_date(api, tokens, ui_run):
@@ -278,6 +284,12 @@ def test_bad_parameters_are_clear_400s(api, tokens, ui_run):
     assert bad_index.status_code == 400 and "map_index must be a whole number" in bad_index.json()["detail"]
     bad_size = api.get(route("thumb", ui_run.run_id) + "&size=4000", headers=viewer)
     assert bad_size.status_code == 400 and "size must be one of 160, 320" in bad_size.json()["detail"]
+    for name in ("image", "thumb", "ti", "sidecar"):
+        huge = api.get(route(name, ui_run.run_id, "edit", 10**20), headers=viewer)
+        assert huge.status_code == 400 and "map_index must be at most" in huge.text, name
+    for query in ("until=9999-12-31", "since=0001-01-01", "page=0", "page=10000000000"):
+        out_of_range = api.get(f"/mai/gallery?{query}", headers=viewer)
+        assert out_of_range.status_code == 400, query
     missing = api.get(f"/mai/image?dag_id={DAG_ID}", headers=viewer)
     assert missing.status_code == 400 and "run_id" in missing.json()["detail"]
 
@@ -331,14 +343,18 @@ def test_thumbnails_are_small_jpegs_cached_by_sha256(api, tokens, ui_run):
     )
     assert "immutable" in tagged.headers["cache-control"]  # this URL names this very image for good
     assert png.stat().st_size > 25 * sizes[320]  # ~1.6 MB PNG -> a few tens of KB at most
-    # Cached by the image's sha256: served again without reading the store...
+    # Cached by location and sha256, looked up only after this result's own read succeeded...
     original = png.read_bytes()
     cache = thumbnail_cache()
     hits = cache.hits
+    answer = api.get(route("thumb", ui_run.run_id, "generate", 0), headers=viewer)
+    assert answer.status_code == 200 and cache.hits == hits + 1
     png.unlink()
     try:
-        answer = api.get(route("thumb", ui_run.run_id, "generate", 0), headers=viewer)
-        assert answer.status_code == 200 and cache.hits == hits + 1
+        # ... so a file that is gone gets no thumbnail from the cache (nor would a forged result
+        # naming this image's sha256 and a missing file).
+        cached_gone = api.get(route("thumb", ui_run.run_id, "generate", 0), headers=viewer)
+        assert cached_gone.status_code == 404 and cached_gone.headers["x-content-type-options"] == "nosniff"
         gone = api.get(route("image", ui_run.run_id, "generate", 0), headers=viewer)
         assert gone.status_code == 404 and "no longer at" in gone.json()["detail"]
         # ... and never served stale: a different image at that location is refused for this run.
@@ -621,6 +637,24 @@ def test_review_markdown_gives_no_thumbnail_to_a_result_that_is_not_a_mai_image(
         thumbnail_url("d", "r", "gen", sha256="x)](javascript:alert(1))")
 
 
+def test_only_locations_we_write_are_opened_whatever_their_spelling():
+    from airflow_provider_mai.plugin.trust import png_uri
+
+    for refused in (
+        " http://127.0.0.2/x.png",
+        "http://127.0.0.2/x.png ",
+        "HTTPS://h/x.png",
+        "\thttp://h/x.png",
+        "ftp://h/x.png",
+        "data:x.png",
+        "/x\n.png",
+        "memory://x.png",
+    ):
+        assert png_uri(refused) is None, refused
+    for kept in ("/data/x.png", "file:///data/x.png", "s3://aws_default@b/x.PNG", "abfs://c/x.png"):
+        assert png_uri(kept) == kept
+
+
 def test_map_index_reads_the_unfilled_placeholder_as_unmapped():
     from fastapi import HTTPException
 
@@ -676,7 +710,7 @@ def test_thumbnails_decode_only_png_and_jpeg_of_a_mai_size(tmp_path):
     )
     assert printed_by_python(code) == [
         *(
-            f"{suffix} refused: not a readable image: only PNG and JPEG are decoded"
+            f"{suffix} refused: not a readable image: only PNG is decoded (not a PNG image)"
             for suffix in (".bmp", ".eps", ".gif", ".tiff")
         ),
         "EPS reader loaded: False",
@@ -686,8 +720,28 @@ def test_thumbnails_decode_only_png_and_jpeg_of_a_mai_size(tmp_path):
     Image.new("L", (side, side)).save(big, "PNG")
     from airflow_provider_mai.plugin.thumbnails import make_thumbnail
 
-    with pytest.raises(ValueError, match=f"{side}x{side}: too large"):
+    with pytest.raises(ValueError, match=f"{side}x{side}: more than 4,000,000 pixels"):
         make_thumbnail(big.getvalue(), 160)
+
+
+def test_thumbnails_refuse_a_jpeg_named_png_and_a_chunk_bomb_without_decoding():
+    from airflow_provider_mai.plugin.thumbnails import make_thumbnail
+    from tests.support.helpers import chunk_bomb_png, make_jpeg
+
+    with pytest.raises(ValueError, match="only PNG is decoded"):
+        make_thumbnail(make_jpeg(), 160)  # e.g. a progressive JPEG of 20,000 scans, named .png
+    with pytest.raises(ValueError, match="more than 4,096 chunks"):
+        make_thumbnail(chunk_bomb_png(), 160)
+
+
+def test_thumbnail_cache_remembers_failed_decodes_boundedly():
+    from airflow_provider_mai.plugin.thumbnails import MAX_REMEMBERED_FAILURES, ThumbnailCache
+
+    cache = ThumbnailCache(max_bytes=100)
+    assert cache.failure("a" * 64) is None
+    for number in range(MAX_REMEMBERED_FAILURES + 1):
+        cache.fail(f"{number:064x}", "not a PNG")
+    assert cache.failure(f"{0:064x}") is None and cache.failure(f"{1:064x}") == "not a PNG"
 
 
 def test_thumbnails_are_made_a_bounded_number_at_a_time():

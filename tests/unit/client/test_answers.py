@@ -163,3 +163,13 @@ def test_the_services_usage_is_kept_bounded_and_numeric(connect, emulator):
     image = MaiHook(connect()).generate_image("x", width=768, height=768)
     assert len(image.usage) == 32
     assert all(isinstance(v, int) and not isinstance(v, bool) for v in image.usage.values())
+
+
+def test_a_chunk_bomb_png_from_the_service_is_a_broken_answer(connect, emulator):
+    from tests.support.helpers import chunk_bomb_png
+
+    bomb = base64.b64encode(chunk_bomb_png()).decode()
+    hook = MaiHook(connect(extra={"max_retries": 0}))
+    emulator.inject(Fault(status=200, body={"data": [{"b64_json": bomb}]}), times=1)
+    with pytest.raises(MaiResponseError, match="more than 4,096 chunks"):
+        hook.generate_image("x")
