@@ -33,6 +33,10 @@ os.environ.setdefault("AIRFLOW__CORE__TEST_CONNECTION", "Enabled")
 # A DAG is re-serialized at most every 30 s by default: a test that parses a DAG differently from the
 # test before it (its Asset URI follows MAI_OUTPUT_BASE) would run the earlier test's version.
 os.environ["AIRFLOW__CORE__MIN_SERIALIZED_DAG_UPDATE_INTERVAL"] = "0"
+# One output base for every parse of the examples in this session (in-process DagBags, the airflow
+# CLI in subprocesses), so the campaign example's Asset URI, which follows it, is the same wherever
+# its DAG is serialized from: Airflow 3.2's dag.test() runs the serialized version already stored.
+os.environ["MAI_OUTPUT_BASE"] = str(_HOME / "mai-output")
 
 import pytest  # noqa: E402
 

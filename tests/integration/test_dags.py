@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,15 @@ def test_batch_example_fans_out_over_run_conf(dag_env, emulator):
     )
 
 
-def test_campaign_publishes_an_asset_that_schedules_the_publisher(dag_env, emulator):
+@pytest.fixture
+def session_output(airflow_db, emulator, connect) -> Path:
+    """The emulator connection and the session's own output base (tests/conftest.py), unchanged:
+    a DAG whose Asset URI follows MAI_OUTPUT_BASE must be parsed the same way by every test."""
+    connect()
+    return Path(os.environ["MAI_OUTPUT_BASE"])
+
+
+def test_campaign_publishes_an_asset_that_schedules_the_publisher(session_output, emulator):
     from airflow.sdk import Asset
 
     campaign = load_dag("mai_daily_campaign")
@@ -129,9 +138,10 @@ def test_campaign_publishes_an_asset_that_schedules_the_publisher(dag_env, emula
     assert announce.upstream_task_ids == {"variation"}
     run, states, xcoms = run_dag("mai_daily_campaign")
     assert run.state == "success", states
-    images = sorted((dag_env / "campaign").rglob("*.png"))
+    # This run's images (the session's output base may hold other runs' too).
+    images = [Path(uri.removeprefix("file://")) for uri in xcoms[("announce", -1)]]
     assert len(images) == 3
-    assert xcoms[("announce", -1)] == [f"file://{p}" for p in images]
+    assert all(p.is_file() and p.is_relative_to(session_output / "campaign") for p in images)
     prompts = [r.fields["prompt"] for r in emulator.requests]
     assert all(run.logical_date.strftime("%Y-%m-%d") in p for p in prompts)  # {{ ds }} was rendered
 

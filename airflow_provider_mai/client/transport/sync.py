@@ -259,7 +259,9 @@ def exchange(
             timeout=(min(connect_timeout, timeout), timeout),
             verify=env["verify"] if env["verify"] is not None else True,
             cert=env["cert"],
-            proxies=env["proxies"],
+            # Plain http is accepted only for a loopback endpoint (settings), and it carries the key
+            # in clear text: it goes straight there, never through an environment proxy.
+            proxies={} if (prepared.url or url).startswith("http://") else env["proxies"],
         )
         ok = response.status_code == 200
         body, complete = _read_body(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import socket
 import ssl
 import threading
@@ -21,7 +19,7 @@ from airflow_provider_mai.exceptions import (
 )
 from airflow_provider_mai.hooks.mai import MaiHook
 from tests.support.connections import API_KEY
-from tests.support.helpers import make_png, make_tls_files
+from tests.support.helpers import make_tls_files
 from tests.support.hostile_answers import bomb, drip, head_then
 from tests.support.servers import RawServer, http_answer
 
@@ -102,17 +100,16 @@ def test_a_ca_bundle_that_does_not_vouch_is_named(connect, tls_emulator, tmp_pat
         hook.generate_image("x", width=768, height=768)
 
 
-def test_proxies_from_the_environment_keep_working(connect, monkeypatch):
-    png = base64.b64encode(make_png(768, 768)).decode()
-    body = json.dumps({"data": [{"b64_json": png}]}).encode()
-    with RawServer(lambda conn, request: conn.sendall(http_answer(200, body))) as proxy:
+def test_a_plain_http_endpoint_is_never_reached_through_an_environment_proxy(connect, monkeypatch):
+    # A key over plain http (loopback emulators only) must not travel to a proxy in clear text.
+    with RawServer(lambda conn, request: conn.sendall(http_answer(502, b"proxy"))) as proxy:
         monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.setenv("http_proxy", proxy.url)
         monkeypatch.delenv("NO_PROXY", raising=False)
         monkeypatch.delenv("no_proxy", raising=False)
-        hook = MaiHook(connect(host="http://127.0.0.2:8799"))  # nothing listens there: only the proxy
-        assert hook.generate_image("via proxy", width=768, height=768).width == 768
-    (request,) = proxy.requests
-    assert request.startswith(b"POST http://127.0.0.2:8799/mai/v1/images/generations HTTP/1.1")
+        hook = MaiHook(connect(extra={"max_retries": 0}))  # the emulator on http://127.0.0.1
+        assert hook.generate_image("direct", width=768, height=768).width == 768
+    assert proxy.requests == []
 
 
 @pytest.mark.parametrize(
