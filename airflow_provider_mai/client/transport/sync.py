@@ -205,6 +205,16 @@ def _no_netrc(request: requests.PreparedRequest) -> requests.PreparedRequest:
     return request
 
 
+_CREDENTIAL_HEADERS = frozenset({"api-key", "authorization"})
+
+
+def _key_in_clear_text(url: str, headers: Mapping[str, str]) -> bool:
+    """A credential over plain http (accepted for loopback endpoints only, see settings): it goes
+    straight to the endpoint, never through an environment proxy that would read it. Keyless plain
+    http (an opted-in web input) still follows the environment's proxies."""
+    return url.startswith("http://") and any(name.lower() in _CREDENTIAL_HEADERS for name in headers)
+
+
 def new_session(user_agent: str) -> requests.Session:
     """A pooled session: watched connections, no redirects followed, proxies from the environment."""
     session = requests.Session()
@@ -259,9 +269,7 @@ def exchange(
             timeout=(min(connect_timeout, timeout), timeout),
             verify=env["verify"] if env["verify"] is not None else True,
             cert=env["cert"],
-            # Plain http is accepted only for a loopback endpoint (settings), and it carries the key
-            # in clear text: it goes straight there, never through an environment proxy.
-            proxies={} if (prepared.url or url).startswith("http://") else env["proxies"],
+            proxies={} if _key_in_clear_text(prepared.url or url, headers) else env["proxies"],
         )
         ok = response.status_code == 200
         body, complete = _read_body(
