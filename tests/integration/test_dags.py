@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,18 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def dag_env(airflow_db, emulator, connect, monkeypatch, tmp_path):
-    """Emulator connection, an output folder, and the DagBag of examples and test DAGs."""
+def dag_env(airflow_db, emulator, connect):
+    """Emulator connection and an empty output folder: the session's MAI_OUTPUT_BASE, emptied.
+
+    Always the same folder: the examples read it when parsed (the campaign's Asset URI follows it),
+    and Airflow 3.2's dag.test() runs the serialized DAGs an earlier test stored, so a base that
+    changed between tests would run an earlier test's Asset.
+    """
     connect()
-    monkeypatch.setenv("MAI_OUTPUT_BASE", str(tmp_path / "out"))
-    return tmp_path / "out"
+    base = Path(os.environ["MAI_OUTPUT_BASE"])
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True)
+    return base
 
 
 def b64_png(result: dict[str, Any]) -> bytes:
@@ -118,15 +126,7 @@ def test_batch_example_fans_out_over_run_conf(dag_env, emulator):
     )
 
 
-@pytest.fixture
-def session_output(airflow_db, emulator, connect) -> Path:
-    """The emulator connection and the session's own output base (tests/conftest.py), unchanged:
-    a DAG whose Asset URI follows MAI_OUTPUT_BASE must be parsed the same way by every test."""
-    connect()
-    return Path(os.environ["MAI_OUTPUT_BASE"])
-
-
-def test_campaign_publishes_an_asset_that_schedules_the_publisher(session_output, emulator):
+def test_campaign_publishes_an_asset_that_schedules_the_publisher(dag_env, emulator):
     from airflow.sdk import Asset
 
     campaign = load_dag("mai_daily_campaign")
@@ -141,7 +141,7 @@ def test_campaign_publishes_an_asset_that_schedules_the_publisher(session_output
     # This run's images (the session's output base may hold other runs' too).
     images = [Path(uri.removeprefix("file://")) for uri in xcoms[("announce", -1)]]
     assert len(images) == 3
-    assert all(p.is_file() and p.is_relative_to(session_output / "campaign") for p in images)
+    assert all(p.is_file() and p.is_relative_to(dag_env / "campaign") for p in images)
     prompts = [r.fields["prompt"] for r in emulator.requests]
     assert all(run.logical_date.strftime("%Y-%m-%d") in p for p in prompts)  # {{ ds }} was rendered
 

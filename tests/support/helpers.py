@@ -136,29 +136,12 @@ def load_dag(dag_id: str):
     return bag.get_dag(dag_id)
 
 
-def _forget_active_assets() -> None:
-    """Deactivate every Asset an earlier test registered, so this run's DAGs register their own.
-
-    An Asset's URI may depend on the test (the campaign example's follows ``MAI_OUTPUT_BASE``): the
-    database keeps the first registration of a name active (a scheduler would retire the orphan;
-    dag.test() runs none), so a later DAG declaring the same name at another URI would find its
-    outlet inactive. dag.test() re-syncs the DAGs, which activates theirs.
-    """
-    from airflow.models.asset import AssetActive
-    from airflow.utils.session import create_session
-    from sqlalchemy import delete
-
-    with create_session() as session:
-        session.execute(delete(AssetActive))
-
-
 def run_dag(dag_id: str, conf: dict[str, Any] | None = None):
     """Run a DAG with dag.test(); return the run, task states and XCom return values."""
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
     dag = load_dag(dag_id)
-    _forget_active_assets()
     run = dag.test(run_conf=conf)
     with create_session() as session:
         states = {(ti.task_id, ti.map_index): ti.state for ti in run.get_task_instances(session=session)}
