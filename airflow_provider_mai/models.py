@@ -212,8 +212,9 @@ class ImageRecord:
     #: Where an edit's input came from (a URI), or None.
     source_image: str | None = field(default=None, metadata=_to(_XCOM, _SIDECAR))
     created_utc: str = field(default="", metadata=_to(_XCOM, _SIDECAR))
-    #: Where the PNG was written, or None when it travels in XCom.
-    uri: str | None = field(default=None, metadata=_to(_XCOM))
+    #: Where the PNG was written, or None when it travels in XCom. The sidecar records it too: the UI
+    #: plugin shows an image only through a sidecar naming the location it was read from.
+    uri: str | None = field(default=None, metadata=_to(_XCOM, _SIDECAR))
     #: The PNG as base64, only when it travels in XCom.
     b64_json: str | None = field(default=None, metadata=_to(_XCOM))
     sidecar_uri: str | None = field(default=None, metadata=_to(_XCOM))
@@ -222,6 +223,12 @@ class ImageRecord:
     ai_generated: bool = field(default=True, metadata=_to(_XCOM, _SIDECAR, _LINEAGE))
     disclosure: str = field(default=AI_DISCLOSURE, metadata=_to(_SIDECAR))
     generator: str = field(default=GENERATOR, metadata=_to(_SIDECAR))
+    #: The task instance that wrote the image (a reused image keeps its writer's): the UI plugin
+    #: shows it only to users who may read this DAG (see docs/ui.md, "What the plugin trusts").
+    dag_id: str | None = field(default=None, metadata=_to(_SIDECAR))
+    run_id: str | None = field(default=None, metadata=_to(_SIDECAR))
+    task_id: str | None = field(default=None, metadata=_to(_SIDECAR))
+    map_index: int | None = field(default=None, metadata=_to(_SIDECAR))
 
     @classmethod
     def from_image(cls, image: MaiImage, request: ImageRequest, *, endpoint: str) -> ImageRecord:

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +65,17 @@ def open_location(location: str | os.PathLike[str] | ObjectStoragePath) -> Objec
     if "://" not in text:
         return _local(text)
     return ObjectStoragePath(text)
+
+
+def location_key(location: str | os.PathLike[str] | ObjectStoragePath) -> str:
+    """The one spelling of a location, as :func:`open_location` reads it and as operators record it
+    (``file:///a/b.png`` for ``/a/b.png``, ``/a/../a//b.png`` or ``file:////a/b.png``).
+
+    Used wherever two locations are compared or a location keys a cache (the UI plugin): spellings
+    that read the same file get the same key. Object-store keys are kept as written (``..`` is a
+    plain part of an S3 key).
+    """
+    return str(open_location(location))
 
 
 def is_local(path: ObjectStoragePath) -> bool:
@@ -354,14 +366,20 @@ def store_image(
     *,
     endpoint: str,
     exclusive: bool = False,
+    writer: Mapping[str, Any] | None = None,
     log: Any = None,
 ) -> ImageRecord:
     """The one writing path of both modes: the record of ``image`` located at ``path``, its PNG
-    and sidecar written (:func:`write_image`), the write reported to ``log``."""
+    and sidecar written (:func:`write_image`), the write reported to ``log``.
+
+    :param writer: the task instance writing it (``dag_id``, ``run_id``, ``task_id``,
+        ``map_index``), recorded in the sidecar: the UI plugin shows the image only to readers of
+        that DAG.
+    """
     from airflow_provider_mai.models import ImageRecord
 
     record = ImageRecord.from_image(image, request, endpoint=endpoint).replace(
-        uri=str(path), sidecar_uri=str(sidecar_path(path))
+        uri=str(path), sidecar_uri=str(sidecar_path(path)), **dict(writer or {})
     )
     write_image(path, image.png, record, exclusive=exclusive)
     if log is not None:

@@ -51,6 +51,18 @@ def is_literal(value: Any) -> bool:
     return isinstance(value, (int, float, dict, list, tuple, type(None)))
 
 
+def _writer(context: Context) -> dict[str, Any]:
+    """The task instance writing an image, as its sidecar records it (the UI plugin shows the image
+    only to users who may read this DAG)."""
+    ti = context["ti"]
+    return {
+        "dag_id": ti.dag_id,
+        "run_id": context["run_id"],
+        "task_id": ti.task_id,
+        "map_index": getattr(ti, "map_index", -1),
+    }
+
+
 class MaiBaseImageOperator(BaseOperator):
     """What both MAI operators share: connection, output handling, ``if_exists`` and the XCom shape.
 
@@ -132,18 +144,19 @@ class MaiBaseImageOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         request = self._request()
         location = self._location(context, request)
+        writer = _writer(context)
         if self.deferrable:
             if location is None:
                 raise MaiValidationError(_NO_OUTPUT_PATH)
             reused = self._reusable(request, location)
             if reused is None:
-                self._defer(request, location)
+                self._defer(request, location, writer)
             self._record = reused
         else:
-            self._record = self._produce(request, location)
+            self._record = self._produce(request, location, writer)
         return self._record.to_xcom()
 
-    def _defer(self, request: ImageRequest, location: ObjectStoragePath) -> NoReturn:
+    def _defer(self, request: ImageRequest, location: ObjectStoragePath, writer: dict[str, Any]) -> NoReturn:
         """Hand the request to the triggerer with small kwargs (no key, token or bytes)."""
         from airflow_provider_mai.triggers.mai import MaiImageTrigger
 
@@ -165,6 +178,7 @@ class MaiBaseImageOperator(BaseOperator):
             extra_params=dict(request.extra_params),
             source_image=source,
             exclusive=self.if_exists == "fail",
+            writer=writer,
         )
         self.log.info("Deferring: the triggerer sends the request and writes %s", location)
         self.defer(trigger=trigger, method_name="execute_complete", timeout=self.execution_timeout)
@@ -200,10 +214,7 @@ class MaiBaseImageOperator(BaseOperator):
         if self.naming == "request":
             name = storage.request_file_name(request)
         else:
-            ti = context["ti"]
-            name = storage.default_file_name(
-                ti.dag_id, context["run_id"], ti.task_id, getattr(ti, "map_index", -1)
-            )
+            name = storage.default_file_name(**_writer(context))
         return storage.resolve_output_path(self.output_path, name)
 
     def _reusable(self, request: ImageRequest, location: ObjectStoragePath) -> ImageRecord | None:
@@ -228,7 +239,9 @@ class MaiBaseImageOperator(BaseOperator):
             self.log.info("%s: %s; sending the request", location, why)
         return None
 
-    def _produce(self, request: ImageRequest, location: ObjectStoragePath | None) -> ImageRecord:
+    def _produce(
+        self, request: ImageRequest, location: ObjectStoragePath | None, writer: dict[str, Any]
+    ) -> ImageRecord:
         from airflow_provider_mai import storage
         from airflow_provider_mai.models import ImageRecord
 
@@ -255,6 +268,7 @@ class MaiBaseImageOperator(BaseOperator):
             request,
             endpoint=self.hook.settings.endpoint,
             exclusive=self.if_exists == "fail",
+            writer=writer,
             log=self.log,
         )
         return record

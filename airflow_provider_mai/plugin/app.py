@@ -37,6 +37,7 @@ from airflow_provider_mai.plugin.thumbnails import (
 )
 from airflow_provider_mai.plugin.trust import ImageUnavailableError
 from airflow_provider_mai.plugin.views import TaskImage, TaskInstanceRef, link_sources
+from airflow_provider_mai.storage import location_key
 
 if TYPE_CHECKING:
     from jinja2 import Environment
@@ -202,8 +203,30 @@ _NO_IMAGE_BECAUSE = {
 }
 
 
+def dag_reader(user: GetUserDep) -> reads.DagReader:
+    """Whether the signed-in user may read a DAG's XComs (the rule of the routes' own check), for
+    the DAG of the task that wrote an image a result names (it may be another DAG's)."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
+
+    manager = get_auth_manager()
+
+    @lru_cache(maxsize=64)  # one request's answers: a page asks about the same DAG many times
+    def may_read(dag_id: str) -> bool:
+        return bool(
+            manager.is_authorized_dag(
+                method="GET", access_entity=DagAccessEntity.XCOM, details=DagDetails(id=dag_id), user=user
+            )
+        )
+
+    return may_read
+
+
+DagReaderDep = Annotated[reads.DagReader, Depends(dag_reader)]
+
+
 @router.get("/ti", response_class=HTMLResponse, dependencies=[XComReadAccess])
-def task_instance_tab(ti: TaskInstanceDep, session: SessionDep) -> HTMLResponse:
+def task_instance_tab(ti: TaskInstanceDep, session: SessionDep, may_read: DagReaderDep) -> HTMLResponse:
     """The task instance tab: its image full size with every detail and its sidecar - or a plain
     sentence saying why there is none (not a MAI task, not finished, failed)."""
     found = queries.task_instance_images(session, ti, limit=MAX_IMAGES_PER_PAGE)
@@ -247,20 +270,20 @@ def task_instance_tab(ti: TaskInstanceDep, session: SessionDep) -> HTMLResponse:
     context["image"] = image
     if not image.unlisted:
         # Its sidecar (shown in full), then the images of its run it was edited from or into.
-        reads.attach_sidecar(image)
+        reads.attach_sidecar(image, may_read)
         link_sources([image, *queries.related_images(session, image, limit=MAX_IMAGES_PER_PAGE)])
     return _page("task_instance.html", title=f"MAI image of {ti.label}", **context)
 
 
 @router.get("/image", dependencies=[XComReadAccess])
 def full_image(
-    request: Request, ti: TaskInstanceDep, session: SessionDep, download: bool = False
+    request: Request, ti: TaskInstanceDep, session: SessionDep, may_read: DagReaderDep, download: bool = False
 ) -> Response:
     """The full-size PNG, checked against the sha256 its task recorded."""
     image, headers, not_modified = _image_versioned(request, session, ti)
     if not_modified is not None:
         return not_modified
-    png = _png_or_error(session, image)
+    png = _png_or_error(session, image, may_read)
     disposition = "attachment" if download else "inline"
     headers["Content-Disposition"] = f'{disposition}; filename="{_file_name(image)}"'
     return Response(png, media_type="image/png", headers=headers)
@@ -268,7 +291,11 @@ def full_image(
 
 @router.get("/thumb", dependencies=[XComReadAccess])
 def thumbnail(
-    request: Request, ti: TaskInstanceDep, session: SessionDep, size: int = DEFAULT_THUMBNAIL_SIZE
+    request: Request,
+    ti: TaskInstanceDep,
+    session: SessionDep,
+    may_read: DagReaderDep,
+    size: int = DEFAULT_THUMBNAIL_SIZE,
 ) -> Response:
     """A small JPEG of the image (at most 40 KB), made once per image and size and cached."""
     if size not in THUMBNAIL_SIZES:
@@ -277,11 +304,12 @@ def thumbnail(
     if not_modified is not None:
         return not_modified
     sha256 = str(image.result["sha256"])
-    # The cache is looked up only after this result's own read succeeded: the bytes at its location
-    # hash to its sha256 (a result naming another image's sha256 and a missing file gets nothing).
-    png = _png_or_error(session, image)
+    # The cache is looked up only after this result's own authorised read: the bytes at its location
+    # hash to its sha256 and their sidecar names a DAG this user may read (a result naming another
+    # image's sha256 and a missing file, or another spelling of a location, gets nothing).
+    png = _png_or_error(session, image, may_read)
     cache = thumbnail_cache()
-    key = f"{image.uri or 'xcom'}\n{sha256}"
+    key = f"{location_key(image.uri) if image.uri else 'xcom'}\n{sha256}"
     jpeg = cache.get(key, size)
     if jpeg is None:
         failed = cache.failure(sha256)
@@ -301,11 +329,11 @@ def thumbnail(
 
 
 @router.get("/sidecar", dependencies=[XComReadAccess])
-def sidecar(ti: TaskInstanceDep, session: SessionDep) -> JSONResponse:
+def sidecar(ti: TaskInstanceDep, session: SessionDep, may_read: DagReaderDep) -> JSONResponse:
     """The provenance sidecar written beside the image, as JSON."""
     image = _image_or_error(session, ti)
     try:
-        content = reads.verified_sidecar(image)
+        content = reads.verified_sidecar(image, may_read)
     except ImageUnavailableError as exc:
         raise HTTPException(exc.status, exc.message) from None
     if content is None:
@@ -340,9 +368,9 @@ def _image_or_error(session: Any, ti: TaskInstanceRef) -> TaskImage:
         raise HTTPException(exc.status, exc.message) from None
 
 
-def _png_or_error(session: Any, image: TaskImage) -> bytes:
+def _png_or_error(session: Any, image: TaskImage, may_read: reads.DagReader) -> bytes:
     try:
-        return reads.read_image(session, image)
+        return reads.read_image(session, image, may_read)
     except ImageUnavailableError as exc:
         raise HTTPException(exc.status, exc.message) from None
 

@@ -95,6 +95,8 @@ class MaiImageTrigger(BaseTrigger):
     :param output_uri: where the PNG goes (the sidecar beside it).
     :param fingerprint: the request fingerprint the worker computed (checked again here).
     :param exclusive: refuse to replace an existing PNG (``if_exists="fail"``).
+    :param writer: the deferring task instance (``dag_id``, ``run_id``, ``task_id``,
+        ``map_index``), recorded in the sidecar.
     """
 
     def __init__(
@@ -111,6 +113,7 @@ class MaiImageTrigger(BaseTrigger):
         extra_params: dict[str, Any] | None = None,
         source_image: str | None = None,
         exclusive: bool = False,
+        writer: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.mai_conn_id = mai_conn_id
@@ -124,6 +127,7 @@ class MaiImageTrigger(BaseTrigger):
         self.extra_params = dict(extra_params or {})
         self.source_image = source_image
         self.exclusive = exclusive
+        self.writer = dict(writer or {})
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -140,6 +144,7 @@ class MaiImageTrigger(BaseTrigger):
                 "extra_params": self.extra_params,
                 "source_image": self.source_image,
                 "exclusive": self.exclusive,
+                "writer": self.writer,
             },
         )
 
@@ -233,6 +238,7 @@ class MaiImageTrigger(BaseTrigger):
             request,
             endpoint=settings.endpoint,
             exclusive=self.exclusive,
+            writer=self.writer,
             log=self.log,
         )
         return record.to_xcom()

@@ -16,7 +16,7 @@ from airflow_provider_mai.exceptions import (
     MaiOutputExistsError,
 )
 from airflow_provider_mai.operators.mai import MaiEditImageOperator, MaiGenerateImageOperator
-from airflow_provider_mai.storage import MAX_FILE_NAME_BYTES, default_file_name
+from airflow_provider_mai.storage import MAX_FILE_NAME_BYTES, default_file_name, location_key
 from tests.support.connections import API_KEY
 from tests.support.helpers import files_in, task_context
 
@@ -200,3 +200,19 @@ def test_a_dangling_link_on_the_way_to_the_target_is_named(connect, emulator, tm
     ):
         op.execute(task_context())
     assert emulator.requests == []
+
+
+def test_location_key_spells_every_way_of_naming_a_local_file_alike(tmp_path):
+    png = tmp_path / "out" / "a.png"
+    spellings = (
+        str(png),
+        f"file://{png}",
+        f"{tmp_path}/out/../out/a.png",
+        "/" + str(png).replace("/", "//"),
+        f"file:///{png}",
+    )
+    assert {location_key(spelling) for spelling in spellings} == {f"file://{png}"}
+    # A host in a file URI is not this machine's root: it names another (relative) file.
+    assert location_key(f"file://localhost{png}") != f"file://{png}"
+    # An object store's key is kept as written ('..' is a plain part of an S3 key).
+    assert location_key("s3://conn@bucket/a/../b.png") == "s3://conn@bucket/a/../b.png"

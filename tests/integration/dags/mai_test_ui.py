@@ -41,49 +41,58 @@ def _push_mai_link(ti) -> None:  # type: ignore[no-untyped-def]
     ti.xcom_push(key="_link_MaiImageLink", value="forged")
 
 
-with DAG(
-    "mai_test_ui_hostile",
-    schedule=None,
-    start_date=datetime(2026, 1, 1),
-    params={
-        "results": Param([], type="array"),
-        "inline_images": Param(0, type="integer", minimum=0),
-        "inline_bytes": Param(1_000_000, type="integer", minimum=1),
-    },
-    tags=["mai", "test"],
-):
+def _hostile_dag(dag_id: str) -> None:
+    """A DAG whose tasks push the MAI link with results of the run conf's making."""
+    with DAG(
+        dag_id,
+        schedule=None,
+        start_date=datetime(2026, 1, 1),
+        params={
+            "results": Param([], type="array"),
+            "inline_images": Param(0, type="integer", minimum=0),
+            "inline_bytes": Param(1_000_000, type="integer", minimum=1),
+        },
+        tags=["mai", "test"],
+    ):
 
-    @task
-    def crafted(**context) -> list:  # type: ignore[no-untyped-def]
-        return list(context["params"]["results"])
+        @task
+        def crafted(**context) -> list:  # type: ignore[no-untyped-def]
+            return list(context["params"]["results"])
 
-    @task
-    def forge(result, **context):  # type: ignore[no-untyped-def]
-        """Return whatever result the run's conf asks for, marked as a MAI task's."""
-        _push_mai_link(context["ti"])
-        return result
+        @task
+        def forge(result, **context):  # type: ignore[no-untyped-def]
+            """Return whatever result the run's conf asks for, marked as a MAI task's."""
+            _push_mai_link(context["ti"])
+            return result
 
-    forge.expand(result=crafted())
+        forge.expand(result=crafted())
 
-    @task
-    def inline_indexes(**context) -> list:  # type: ignore[no-untyped-def]
-        return list(range(context["params"]["inline_images"]))
+        @task
+        def inline_indexes(**context) -> list:  # type: ignore[no-untyped-def]
+            return list(range(context["params"]["inline_images"]))
 
-    @task(multiple_outputs=False)
-    def inline(index: int, **context) -> dict:  # type: ignore[no-untyped-def]
-        """A large image kept in XCom (as with no output_path): ``inline_bytes`` of base64."""
-        import base64
-        import hashlib
+        @task(multiple_outputs=False)
+        def inline(index: int, **context) -> dict:  # type: ignore[no-untyped-def]
+            """A large image kept in XCom (as with no output_path): ``inline_bytes`` of base64."""
+            import base64
+            import hashlib
 
-        _push_mai_link(context["ti"])
-        data = hashlib.sha256(str(index).encode()).digest() * (context["params"]["inline_bytes"] * 3 // 128)
-        return {
-            "prompt": f"inline image {index}",
-            "width": 1024,
-            "height": 1024,
-            "b64_json": base64.b64encode(data).decode(),
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "uri": None,
-        }
+            _push_mai_link(context["ti"])
+            data = hashlib.sha256(str(index).encode()).digest() * (
+                context["params"]["inline_bytes"] * 3 // 128
+            )
+            return {
+                "prompt": f"inline image {index}",
+                "width": 1024,
+                "height": 1024,
+                "b64_json": base64.b64encode(data).decode(),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "uri": None,
+            }
 
-    inline.expand(index=inline_indexes())
+        inline.expand(index=inline_indexes())
+
+
+# Forged results; and, in a DAG of their own, results naming the images of another DAG.
+_hostile_dag("mai_test_ui_hostile")
+_hostile_dag("mai_test_ui_forger")

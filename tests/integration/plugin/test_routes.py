@@ -462,7 +462,7 @@ def sha(data: bytes) -> str:
 
 
 def hostile(name: str, run: SimpleNamespace, task_id: str = "forge", map_index: int | str = -1) -> str:
-    return route(name, run.run_id, task_id, map_index, dag_id=HOSTILE)
+    return route(name, run.run_id, task_id, map_index, dag_id=getattr(run, "dag_id", HOSTILE))
 
 
 def test_a_sidecar_is_read_only_beside_the_png_and_only_when_it_describes_that_image(
@@ -472,8 +472,10 @@ def test_a_sidecar_is_read_only_beside_the_png_and_only_when_it_describes_that_i
     answers = {
         index: api.get(hostile("sidecar", hostile_run, "forge", index), headers=viewer) for index in range(4)
     }
-    # The XCom's sidecar_uri is not read: pic.png has no sidecar beside it.
-    assert answers[0].status_code == 404 and "no longer at" in answers[0].json()["detail"]
+    # The XCom's sidecar_uri is not read: pic.png has no sidecar beside it, so it is not shown.
+    assert answers[0].status_code == 404 and "there is no sidecar at" in answers[0].json()["detail"]
+    no_sidecar = api.get(hostile("image", hostile_run, "forge", 0), headers=viewer)
+    assert no_sidecar.status_code == 404 and "not shown without it" in no_sidecar.json()["detail"]
     # A sidecar whose sha256 is not the image's is refused, its content not shown.
     assert answers[1].status_code == 409 and "does not describe this image" in answers[1].json()["detail"]
     assert answers[3].status_code == 409 and "does not describe this image" in answers[3].json()["detail"]
@@ -512,6 +514,81 @@ def test_results_of_the_wrong_shape_are_shown_plainly_or_not_at_all(api, tokens,
     assert long_tab.count("a very long prompt") == 2 * 2_500  # its own tab shows it (and its alt text)
     for name in ("image", "thumb", "sidecar"):
         assert api.get(hostile(name, hostile_run, "forge", 5), headers=viewer).status_code == 404, name
+
+
+# -- a result in a DAG the reader may read, naming another DAG's image ------------------------------
+#: The DAG of the forged results (``outsider`` may read it, not ``mai_test_ui``).
+FORGER = "mai_test_ui_forger"
+#: Spellings of one local PNG's location that all read the same file (and one that reads none).
+SPELLINGS = ("plain", "file:///", "file://localhost/", "/a/../b", "double slash")
+
+
+def spelled(uri: str, spelling: str) -> str:
+    path = Path(uri.removeprefix("file://"))
+    return {
+        "plain": str(path),
+        "file:///": f"file://{path}",
+        "file://localhost/": f"file://localhost{path}",
+        "/a/../b": f"{path.parent}/../{path.parent.name}/{path.name}",
+        "double slash": "/" + str(path).replace("/", "//"),
+    }[spelling]
+
+
+@pytest.fixture(scope="module")
+def cross_dag_run(airflow_db, ui_run) -> SimpleNamespace:
+    """A run of ``FORGER`` (which ``outsider`` may read) whose results name the ``edit`` image
+    of ``mai_test_ui`` (which ``outsider`` may not read) with its sha256, in every spelling, and
+    once a missing file with that sha256."""
+    victim = ui_run.xcoms[("edit", -1)]
+    results = [
+        {"uri": spelled(victim["uri"], spelling), "sha256": victim["sha256"]} for spelling in SPELLINGS
+    ]
+    results.append({"uri": str(ui_run.out / "edit" / "missing.png"), "sha256": victim["sha256"]})
+    run, states, _xcoms = run_dag(FORGER, {"results": results, "inline_images": 0})
+    assert {state for (task, _), state in states.items() if task == "forge"} == {"success"}, states
+    png = Path(victim["uri"].removeprefix("file://"))
+    return SimpleNamespace(
+        dag_id=FORGER, run_id=run.run_id, victim_run_id=ui_run.run_id, victim=victim, png=png
+    )
+
+
+def test_a_forged_result_never_shows_another_dags_image_or_prompt(api, tokens, cross_dag_run):
+    outsider, viewer = as_user(tokens, "outsider"), as_user(tokens, "viewer")
+    secret_png = cross_dag_run.png.read_bytes()
+    victim_prompt = cross_dag_run.victim["prompt"]
+    for index, spelling in enumerate(SPELLINGS):
+        for name in ("image", "thumb", "sidecar"):
+            answer = api.get(hostile(name, cross_dag_run, "forge", index), headers=outsider)
+            assert answer.status_code in (403, 404), (spelling, name, answer.status_code)
+            assert secret_png not in answer.content and victim_prompt not in answer.text, (spelling, name)
+        tab = api.get(hostile("ti", cross_dag_run, "forge", index), headers=outsider)
+        assert tab.status_code == 200 and victim_prompt not in tab.text, spelling
+        expected = "a DAG you may not read" if spelling != "file://localhost/" else "no longer at"
+        image = api.get(hostile("image", cross_dag_run, "forge", index), headers=outsider)
+        assert expected in image.json()["detail"], spelling
+    # The rule is the writer's DAG, not the spelling: a user who may read both DAGs is shown it.
+    for index, spelling in enumerate(SPELLINGS):
+        if spelling != "file://localhost/":  # (that spelling names another file: ./localhost/...)
+            answer = api.get(hostile("image", cross_dag_run, "forge", index), headers=viewer)
+            assert answer.status_code == 200 and answer.content == secret_png, spelling
+
+
+def test_a_forged_result_gets_no_cached_thumbnail_of_another_dags_image(api, tokens, cross_dag_run):
+    from airflow_provider_mai.plugin.app import thumbnail_cache
+
+    viewer, outsider = as_user(tokens, "viewer"), as_user(tokens, "outsider")
+    # The victim's own thumbnail, made and cached through its own (authorised) tab.
+    own = api.get(route("thumb", cross_dag_run.victim_run_id), headers=viewer)
+    assert own.status_code == 200
+    cache = thumbnail_cache()
+    hits = cache.hits
+    missing = len(SPELLINGS)  # the result naming the victim's sha256 and a file that does not exist
+    for index in (*range(len(SPELLINGS)), missing):
+        answer = api.get(hostile("thumb", cross_dag_run, "forge", index), headers=outsider)
+        assert answer.status_code in (403, 404) and answer.content != own.content, index
+    assert cache.hits == hits  # the cache was never even asked
+    gone = api.get(hostile("thumb", cross_dag_run, "forge", missing), headers=viewer)
+    assert gone.status_code == 404 and cache.hits == hits  # nor for a reader of both DAGs
 
 
 def peak_bytes(call: Any) -> tuple[Any, int]:

@@ -111,6 +111,10 @@ def test_folder_output_gets_a_unique_safe_name_and_a_sidecar(emulator, tmp_path)
     assert sidecar["created_utc"].endswith("+00:00")
     assert sidecar["request_id"] == result["request_id"]
     assert result["sidecar_uri"] == f"file://{expected.with_suffix('.json')}"
+    # Where it was written and by which task instance: what the UI plugin checks before showing it.
+    assert sidecar["uri"] == result["uri"]
+    writer = {key: sidecar[key] for key in ("dag_id", "run_id", "task_id", "map_index")}
+    assert writer == {"dag_id": "campaign", "run_id": RUN_ID, "task_id": "hero", "map_index": 3}
     # No temporary files left behind.
     assert files_in(tmp_path / "new" / "sub") == sorted([expected.name, expected.with_suffix(".json").name])
 
@@ -366,6 +370,7 @@ def test_deferrable_defers_with_small_kwargs_and_no_secret(tmp_path):
     text = _json.dumps(kwargs)
     assert API_KEY not in text and len(text) < 2000
     assert kwargs["output_uri"].endswith(".png") and not files_in(tmp_path)
+    assert kwargs["writer"] == {"dag_id": "campaign", "run_id": RUN_ID, "task_id": "task", "map_index": -1}
 
 
 def test_deferrable_reuse_never_defers(tmp_path):

@@ -54,13 +54,15 @@ def test_serialize_round_trips_and_holds_no_secret_or_bytes(tmp_path):
 
 
 def test_run_writes_the_png_and_sidecar_and_sends_a_small_record(tmp_path, emulator):
-    payload = _first_event(_trigger(tmp_path))
+    writer = {"dag_id": "d", "run_id": "r", "task_id": "t", "map_index": 2}
+    payload = _first_event(_trigger(tmp_path, writer=writer))
     assert payload["status"] == "success", payload
     record = payload["record"]
     assert record["uri"].endswith("out.png") and record["b64_json"] is None
     assert (tmp_path / "out.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     sidecar = json.loads((tmp_path / "out.json").read_text())
     assert sidecar["sha256"] == record["sha256"]
+    assert sidecar["uri"] == record["uri"] and {key: sidecar[key] for key in writer} == writer
     assert len(json.dumps(payload)) < 2048
 
 
