@@ -32,7 +32,7 @@ from airflow_provider_mai.plugin.thumbnails import (
     ThumbnailsBusyError,
     ThumbnailsUnavailableError,
     cache_from_config,
-    make_thumbnail,
+    make_thumbnails,
     pillow_available,
 )
 from airflow_provider_mai.plugin.trust import ImageUnavailableError
@@ -316,15 +316,17 @@ def thumbnail(
         if failed is not None:  # these bytes failed to decode before: not decoded again
             raise HTTPException(502, f"cannot make a thumbnail of {ti.label}: {failed}")
         try:
-            jpeg = make_thumbnail(png, size)
+            made = make_thumbnails(png)  # every size from one decode: the others are asked for next
         except ThumbnailsUnavailableError as exc:
             raise HTTPException(501, str(exc)) from None
         except ThumbnailsBusyError as exc:
             raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
-        except ValueError as exc:
+        except ValueError as exc:  # not a PNG, out of bounds, or over its CPU budget: never again
             cache.fail(sha256, str(exc))
             raise HTTPException(502, f"cannot make a thumbnail of {ti.label}: {exc}") from None
-        cache.put(key, size, jpeg)
+        for made_size, made_jpeg in made.items():
+            cache.put(key, made_size, made_jpeg)
+        jpeg = made[size]
     return Response(jpeg, media_type="image/jpeg", headers=headers)
 
 

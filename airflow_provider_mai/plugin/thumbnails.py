@@ -1,7 +1,9 @@
 """Small JPEG thumbnails of MAI images, made in the api-server and kept in a bounded memory cache.
 
-A thumbnail is keyed by the image's sha256 (and its size): a re-run's new image has a new key, so
-a stale thumbnail is never served for it, and the user's bucket is never written to. Pillow comes
+A thumbnail is keyed by the image's normalised location, its sha256 and its size (the plugin looks
+it up only after its own authorised read of that location): a re-run's new image has a new key,
+so a stale thumbnail is never served for it, and the user's bucket is never written to. Every size
+comes from one decode, within a CPU budget. Pillow comes
 with the provider's ``ui`` extra; without it the gallery still lists the images and says how to
 get thumbnails.
 """
@@ -10,7 +12,15 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from airflow_provider_mai.links import THUMBNAIL_SIZES
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 #: Most bytes one thumbnail may take (the gallery's transfer budget depends on it).
 MAX_THUMBNAIL_BYTES = 40 * 1024
@@ -46,15 +56,61 @@ def pillow_available() -> bool:
     return importlib.util.find_spec("PIL") is not None
 
 
-def make_thumbnail(png: bytes, size: int, *, wait: float = DECODE_WAIT_SECONDS) -> bytes:
-    """A JPEG at most ``size`` pixels on its longest side and at most ``MAX_THUMBNAIL_BYTES``.
+#: Thread CPU seconds one image may cost (its structure check, decode and every thumbnail size):
+#: past it the decode is stopped and the image remembered as failed, so it never runs again. The
+#: worst image within the bounds above (4 MP, 16-bit RGBA, zlib's highest ratio, Adam7, 4,000
+#: chunks) costs ~0.2 s, a MAI image ~0.02 s (``bench/ui_decode.py``): ten times the worst.
+DECODE_CPU_SECONDS = 2.0
 
-    At most ``MAX_CONCURRENT_DECODES`` are made at once in the process.
+
+class _CpuBudget:
+    """A deadline in this thread's CPU time (not wall time: waiting on the GIL or I/O is not spent)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._deadline = time.thread_time() + seconds
+
+    def check(self) -> None:
+        if time.thread_time() > self._deadline:
+            raise _OverBudget(f"decoding it took more than {self.seconds:g} s of CPU time")
+
+
+class _OverBudget(Exception):
+    """Raised from inside Pillow's reads (not an OSError, which Pillow would take for truncation)."""
+
+
+class _BudgetedBytes(io.BytesIO):
+    """The PNG's bytes for Pillow, checking the budget at each read: Pillow decodes a PNG in steps
+    of at most 64 KB of input, so a slow decode stops within one step of its budget."""
+
+    def __init__(self, data: bytes, budget: _CpuBudget) -> None:
+        super().__init__(data)
+        self._budget = budget
+
+    def read(self, size: int | None = -1) -> bytes:
+        self._budget.check()
+        return super().read(size)
+
+
+def make_thumbnails(
+    png: bytes,
+    sizes: Sequence[int] = THUMBNAIL_SIZES,
+    *,
+    wait: float = DECODE_WAIT_SECONDS,
+    cpu_seconds: float = DECODE_CPU_SECONDS,
+) -> dict[int, bytes]:
+    """JPEGs of every size in ``sizes`` (pixels on the longest side), each at most
+    ``MAX_THUMBNAIL_BYTES``, from one decode of ``png``: a hostile image costs one decode, not one
+    per size.
+
+    At most ``MAX_CONCURRENT_DECODES`` are made at once in the process, each within ``cpu_seconds``
+    of this thread's CPU time.
 
     :param wait: how long to wait (seconds) for a decoding slot.
     :raises ThumbnailsUnavailableError: without Pillow.
     :raises ThumbnailsBusyError: when no decoding slot was free within ``wait``.
-    :raises ValueError: when ``png`` is not a PNG or JPEG Pillow can read, or is too large.
+    :raises ValueError: when ``png`` is not a PNG Pillow can read, is out of bounds, or its decode
+        ran past ``cpu_seconds`` (remember it: it would fail again).
     """
     if not pillow_available():
         raise ThumbnailsUnavailableError(
@@ -65,12 +121,14 @@ def make_thumbnail(png: bytes, size: int, *, wait: float = DECODE_WAIT_SECONDS) 
             f"{MAX_CONCURRENT_DECODES} thumbnails are being made already: try again shortly"
         )
     try:
-        return _thumbnail(png, size)
+        return _thumbnails(png, sorted(set(sizes), reverse=True), _CpuBudget(cpu_seconds))
+    except _OverBudget as exc:
+        raise ValueError(f"not a readable image: {exc}") from None
     finally:
         _decodes.release()
 
 
-def _thumbnail(png: bytes, size: int) -> bytes:
+def _thumbnails(png: bytes, sizes: Sequence[int], budget: _CpuBudget) -> dict[int, bytes]:
     from PIL import Image, UnidentifiedImageError
 
     from airflow_provider_mai.validation import check_png_structure
@@ -82,15 +140,15 @@ def _thumbnail(png: bytes, size: int) -> bytes:
         raise ValueError(f"not a readable image: only PNG is decoded ({exc})") from None
     image: Image.Image
     try:
-        image = Image.open(io.BytesIO(png), formats=SOURCE_FORMATS)
+        image = Image.open(_BudgetedBytes(png, budget), formats=SOURCE_FORMATS)
         if image.width * image.height > MAX_SOURCE_PIXELS:
             raise ValueError(f"the image is {image.width}x{image.height}: too large to make a thumbnail")
-        image.draft("RGB", (size, size))  # JPEG sources decode at a reduced scale; PNGs ignore it
         image.load()
     except UnidentifiedImageError:
         raise ValueError("not a readable image: only PNG is decoded") from None
     except (OSError, Image.DecompressionBombError) as exc:
         raise ValueError(f"not a readable image: {exc}") from None
+    budget.check()
     if image.mode in ("RGBA", "LA", "P", "PA"):
         rgba = image.convert("RGBA")
         flat = Image.new("RGB", rgba.size, (255, 255, 255))
@@ -98,7 +156,16 @@ def _thumbnail(png: bytes, size: int) -> bytes:
         image = flat
     elif image.mode != "RGB":
         image = image.convert("RGB")
-    image.thumbnail((size, size), Image.Resampling.LANCZOS)
+    made: dict[int, bytes] = {}
+    for size in sizes:  # largest first: each smaller one is made from the one before
+        budget.check()
+        image.thumbnail((size, size), Image.Resampling.LANCZOS)
+        made[size] = _jpeg(image)
+    return made
+
+
+def _jpeg(image: Image.Image) -> bytes:
+    """``image`` as a JPEG of at most ``MAX_THUMBNAIL_BYTES`` (lower quality, then smaller, until it fits)."""
     for _shrink in range(12):  # 0.8**12 of 320 px is 22 px: far below the byte bound
         for quality in QUALITIES:
             out = io.BytesIO()

@@ -13,6 +13,10 @@ Any task can push that link and return any dict, so a result is untrusted input:
 - the PNG is served only when its bytes hash to the XCom's sha256;
 - the sidecar is read only from beside that PNG (``<name>.json``; the XCom's ``sidecar_uri`` is
   never used), and shown only when its own ``sha256`` is the XCom's;
+- a stored PNG, its thumbnail and its sidecar are shown only when that sidecar (written by the
+  operator: storage is trusted, XCom is not) records the location read and names the DAG of the
+  task that wrote it, which the user may read (:mod:`.reads`) - a result in one DAG cannot show
+  another DAG's image;
 - nothing is read from a location a request names.
 
 Pages read results without their inline image (the database leaves ``b64_json`` out), each within

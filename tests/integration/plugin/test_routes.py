@@ -366,6 +366,36 @@ def test_thumbnails_are_small_jpegs_cached_by_sha256(api, tokens, ui_run):
     assert cache.size_bytes <= cache.max_bytes
 
 
+def test_one_decode_makes_every_thumbnail_size_and_a_decode_over_budget_never_repeats(
+    api, tokens, ui_run, monkeypatch
+):
+    from functools import partial
+
+    import airflow_provider_mai.plugin.app as app
+    from airflow_provider_mai.plugin.thumbnails import ThumbnailCache, make_thumbnails
+
+    viewer = as_user(tokens, "viewer")
+    decodes: list[float] = []
+
+    def counted(png: bytes, *, cpu_seconds: float = 2.0) -> dict[int, bytes]:
+        decodes.append(cpu_seconds)
+        return make_thumbnails(png, cpu_seconds=cpu_seconds)
+
+    fresh = ThumbnailCache(1 << 20)
+    monkeypatch.setattr(app, "thumbnail_cache", lambda: fresh)
+    monkeypatch.setattr(app, "make_thumbnails", counted)
+    for size in (320, 160, 320):
+        answer = api.get(route("thumb", ui_run.run_id, "generate", 1) + f"&size={size}", headers=viewer)
+        assert answer.status_code == 200 and max(image_size(answer.content)) == size
+    assert len(decodes) == 1  # both sizes from one decode
+    # A decode that runs past its CPU budget (here: none at all) fails, and is never tried again.
+    monkeypatch.setattr(app, "make_thumbnails", partial(counted, cpu_seconds=0.0))
+    for size in (320, 160, 320):
+        answer = api.get(route("thumb", ui_run.run_id, "generate", 0) + f"&size={size}", headers=viewer)
+        assert answer.status_code == 502 and "s of CPU time" in answer.json()["detail"], size
+    assert decodes == [2.0, 0.0]
+
+
 def test_sidecar_route_returns_the_json_beside_the_png(api, tokens, ui_run):
     answer = api.get(route("sidecar", ui_run.run_id), headers=as_user(tokens, "viewer"))
     assert answer.status_code == 200
@@ -749,19 +779,19 @@ def test_thumbnails_stay_small_even_for_noise_and_transparency():
 
     from PIL import Image
 
-    from airflow_provider_mai.plugin.thumbnails import MAX_THUMBNAIL_BYTES, make_thumbnail
+    from airflow_provider_mai.plugin.thumbnails import MAX_THUMBNAIL_BYTES, make_thumbnails
 
     noise = Image.frombytes("RGB", (1024, 1024), _os.urandom(1024 * 1024 * 3))  # the worst case for JPEG
     buffer = io.BytesIO()
     noise.save(buffer, "PNG")
-    jpeg = make_thumbnail(buffer.getvalue(), 320)
+    jpeg = make_thumbnails(buffer.getvalue(), [320])[320]
     assert len(jpeg) <= MAX_THUMBNAIL_BYTES and max(image_size(jpeg)) <= 320
     clear = io.BytesIO()
     Image.new("RGBA", (900, 600), (255, 0, 0, 0)).save(clear, "PNG")
-    flat = Image.open(io.BytesIO(make_thumbnail(clear.getvalue(), 160)))
+    flat = Image.open(io.BytesIO(make_thumbnails(clear.getvalue(), [160])[160]))
     assert flat.size == (160, 107) and flat.getpixel((5, 5)) == pytest.approx((255, 255, 255), abs=3)
     with pytest.raises(ValueError, match="not a readable image"):
-        make_thumbnail(b"not an image", 160)
+        make_thumbnails(b"not an image")
 
 
 def test_thumbnails_decode_only_png_and_jpeg_of_a_mai_size(tmp_path):
@@ -776,10 +806,10 @@ def test_thumbnails_decode_only_png_and_jpeg_of_a_mai_size(tmp_path):
     # In a fresh process: Pillow never even loads the EPS reader (which would run Ghostscript).
     code = (
         "import pathlib, sys\n"
-        "from airflow_provider_mai.plugin.thumbnails import make_thumbnail\n"
+        "from airflow_provider_mai.plugin.thumbnails import make_thumbnails\n"
         f"for path in sorted(pathlib.Path({str(tmp_path)!r}).iterdir()):\n"
         "    try:\n"
-        "        make_thumbnail(path.read_bytes(), 160)\n"
+        "        make_thumbnails(path.read_bytes())\n"
         "        print(path.suffix, 'made')\n"
         "    except ValueError as exc:\n"
         "        print(path.suffix, 'refused:', exc)\n"
@@ -795,20 +825,32 @@ def test_thumbnails_decode_only_png_and_jpeg_of_a_mai_size(tmp_path):
     side = int(MAX_SOURCE_PIXELS**0.5) + 1  # just over the bound: refused before it is decoded
     big = io.BytesIO()
     Image.new("L", (side, side)).save(big, "PNG")
-    from airflow_provider_mai.plugin.thumbnails import make_thumbnail
+    from airflow_provider_mai.plugin.thumbnails import make_thumbnails
 
     with pytest.raises(ValueError, match=f"{side}x{side}: more than 4,000,000 pixels"):
-        make_thumbnail(big.getvalue(), 160)
+        make_thumbnails(big.getvalue())
 
 
 def test_thumbnails_refuse_a_jpeg_named_png_and_a_chunk_bomb_without_decoding():
-    from airflow_provider_mai.plugin.thumbnails import make_thumbnail
+    from airflow_provider_mai.plugin.thumbnails import make_thumbnails
     from tests.support.helpers import chunk_bomb_png, make_jpeg
 
     with pytest.raises(ValueError, match="only PNG is decoded"):
-        make_thumbnail(make_jpeg(), 160)  # e.g. a progressive JPEG of 20,000 scans, named .png
+        make_thumbnails(make_jpeg())  # e.g. a progressive JPEG of 20,000 scans, named .png
     with pytest.raises(ValueError, match="more than 4,096 chunks"):
-        make_thumbnail(chunk_bomb_png(), 160)
+        make_thumbnails(chunk_bomb_png())
+
+
+def test_a_decode_stops_at_its_cpu_budget():
+    from PIL import Image
+
+    from airflow_provider_mai.plugin.thumbnails import make_thumbnails
+
+    noise = io.BytesIO()
+    Image.frombytes("RGB", (1024, 1024), bytes(range(256)) * 12_288).save(noise, "PNG")
+    with pytest.raises(ValueError, match="more than 0 s of CPU time"):
+        make_thumbnails(noise.getvalue(), cpu_seconds=0.0)
+    assert sorted(make_thumbnails(noise.getvalue())) == [160, 320]
 
 
 def test_thumbnail_cache_remembers_failed_decodes_boundedly():
@@ -829,11 +871,11 @@ def test_thumbnails_are_made_a_bounded_number_at_a_time():
     try:
         assert all(taken)
         with pytest.raises(thumbnails.ThumbnailsBusyError, match="try again shortly"):
-            thumbnails.make_thumbnail(png, 160, wait=0.05)
+            thumbnails.make_thumbnails(png, wait=0.05)
     finally:
         for _ in taken:
             thumbnails._decodes.release()
-    assert thumbnails.make_thumbnail(png, 160)[:3] == b"\xff\xd8\xff"  # every slot given back
+    assert thumbnails.make_thumbnails(png)[160][:3] == b"\xff\xd8\xff"  # every slot given back
 
 
 def test_thumbnail_cache_keeps_within_its_byte_bound():
