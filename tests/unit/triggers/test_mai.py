@@ -220,3 +220,15 @@ def test_a_transient_error_counts_the_earlier_attempts_and_leaves_no_marker(tmp_
     payload = _first_event(_trigger(tmp_path))
     assert payload["status"] == "error" and payload["error"] == "MaiTransientError"
     assert payload["attempts"] == 3 and files_in(tmp_path) == []
+
+
+# -- if_exists="overwrite": the image asked to be replaced is never the result ----------------------
+def test_the_image_the_task_was_asked_to_overwrite_is_not_reused_but_a_later_one_is(tmp_path, emulator):
+    first = _first_event(_trigger(tmp_path))["record"]
+    again = _first_event(_trigger(tmp_path, existing_sha256=first["sha256"]))
+    assert again["status"] == "success" and not again["record"]["reused"]
+    assert len(emulator.requests) == 2  # sent, although a matching image was there
+    # A restart after that write: the image there is not the one deferral found (another sha256).
+    later = _first_event(_trigger(tmp_path, existing_sha256="0" * 64))
+    assert later["record"]["reused"] and later["record"]["sha256"] == first["sha256"]
+    assert len(emulator.requests) == 2
