@@ -6,6 +6,11 @@ bytes). Here the connection is read through the triggerer's supervisor, a result
 for this request is reused (a restart after the write), else the request is sent with the client's
 rules, the PNG and sidecar are written through :mod:`airflow_provider_mai.storage` (blocking I/O off
 the event loop) and ONE small event comes back: the record, or the error to raise on resume.
+
+A restart before the write is seen through an in-flight marker beside the output (written before
+sending, removed once an outcome is reported): a run that finds one of its request re-sends it,
+logged as possibly billed and counted in ``attempts``, or - ``retry_sent_requests=false`` - fails
+at once with :class:`~airflow_provider_mai.exceptions.MaiUnfinishedRequestError`.
 """
 
 from __future__ import annotations
