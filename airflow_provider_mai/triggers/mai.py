@@ -233,7 +233,9 @@ class MaiImageTrigger(BaseTrigger):
 
         settings = await self._settings()
         request = await asyncio.to_thread(self._request, settings)
-        location = storage.open_location(self.output_uri)
+        # Off the event loop: an ObjectStoragePath made on it cannot read its store's connection
+        # (an s3:// path then goes without credentials: NoCredentialsError).
+        location = await asyncio.to_thread(storage.open_location, self.output_uri)
         # A restart after the write: this request's image is there already - never send it twice.
         reused, _why = await asyncio.to_thread(
             storage.find_reusable,
