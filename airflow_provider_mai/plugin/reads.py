@@ -40,27 +40,24 @@ def read_image(
 ) -> bytes:
     """The PNG of an image, from its ``uri`` (through ObjectStoragePath) or from its XCom's
     ``b64_json``, checked against the result's sha256; a stored PNG only when its sidecar proves it
-    may be shown (:func:`_trusted`).
+    may be shown (:func:`_read_sidecar`, :func:`_check_reader`).
 
     :param may_read: whether the user may read a DAG (the DAG of the task that wrote the PNG).
     :raises ImageUnavailableError: gone (404), too large (413), changed since the run (409),
         unreadable (502), no sidecar that proves it may be shown here (404, 409, 403).
     """
     uri = png_uri(image.uri)
-    location = location_key(uri) if uri is not None else None
-    if location is None:
-        data = inline_image(session, image, limit)  # in the XCom of the task the route authorised
-    else:
-        data = _read_bounded(location, limit, what="image")
+    # An inline image is in the XCom of the very task the route authorised.
+    data = _read_bounded(uri, limit, what="image") if uri else inline_image(session, image, limit)
     sha256 = str(image.result.get("sha256"))
     if hashlib.sha256(data).hexdigest() != sha256:
         where = uri or "the XCom"
         raise ImageUnavailableError(
             409, f"the image at {where} has changed since this task ran (its sha256 differs)"
         )
-    if uri is not None and location is not None:
+    if uri:
         # Only after this read: the cache holds sidecars that proved these bytes at this location.
-        key = (location, sha256)
+        key = (location_key(uri), sha256)
         sidecar = _sidecars.get(key)
         if sidecar is None:
             sidecar = _read_sidecar(image, sha256)
@@ -118,7 +115,8 @@ _sidecars = _SidecarCache()
 def verified_sidecar(image: TaskImage, may_read: DagReader) -> dict[str, Any] | None:
     """The image's provenance sidecar (the JSON beside its PNG), or None when it has none (an
     XCom-only image). Read from storage on every call (never from the cache: nothing else was read
-    for it), and returned only when it proves it may be shown (:func:`_trusted`).
+    for it), and returned only when it proves it may be shown (:func:`_read_sidecar`,
+    :func:`_check_reader`).
 
     Not ``storage.read_sidecar`` (the operators' reuse check, for which any problem just means
     "no reusable image"): a page must say why there is no sidecar - gone, too large, unreadable,
