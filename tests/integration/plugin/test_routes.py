@@ -565,15 +565,25 @@ def spelled(uri: str, spelling: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def cross_dag_run(airflow_db, ui_run) -> SimpleNamespace:
+def cross_dag_run(airflow_db, ui_run, tmp_path_factory) -> SimpleNamespace:
     """A run of ``FORGER`` (which ``outsider`` may read) whose results name the ``edit`` image
-    of ``mai_test_ui`` (which ``outsider`` may not read) with its sha256, in every spelling, and
-    once a missing file with that sha256."""
+    of ``mai_test_ui`` (which ``outsider`` may not read) with its sha256, in every spelling; then a
+    missing file with that sha256; then copies of it elsewhere, beside a sidecar of the old kind
+    (no location, no DAG) and beside a copy of its own sidecar (which records where it was written)."""
     victim = ui_run.xcoms[("edit", -1)]
     results = [
         {"uri": spelled(victim["uri"], spelling), "sha256": victim["sha256"]} for spelling in SPELLINGS
     ]
     results.append({"uri": str(ui_run.out / "edit" / "missing.png"), "sha256": victim["sha256"]})
+    copies = tmp_path_factory.mktemp("copies")
+    original = Path(victim["uri"].removeprefix("file://"))
+    for name, sidecar in (
+        ("old", {"sha256": victim["sha256"], "prompt": "an old sidecar"}),
+        ("moved", json.loads(original.with_suffix(".json").read_text())),
+    ):
+        (copies / f"{name}.png").write_bytes(original.read_bytes())
+        (copies / f"{name}.json").write_text(json.dumps(sidecar))
+        results.append({"uri": str(copies / f"{name}.png"), "sha256": victim["sha256"]})
     run, states, _xcoms = run_dag(FORGER, {"results": results, "inline_images": 0})
     assert {state for (task, _), state in states.items() if task == "forge"} == {"success"}, states
     png = Path(victim["uri"].removeprefix("file://"))
@@ -596,6 +606,13 @@ def test_a_forged_result_never_shows_another_dags_image_or_prompt(api, tokens, c
         expected = "a DAG you may not read" if spelling != "file://localhost/" else "no longer at"
         image = api.get(hostile("image", cross_dag_run, "forge", index), headers=outsider)
         assert expected in image.json()["detail"], spelling
+    # A copy beside a sidecar that names no location and DAG, or another location: not shown.
+    old, moved = len(SPELLINGS) + 1, len(SPELLINGS) + 2
+    for index, why in ((old, "does not name the location and DAG"), (moved, "written for another location")):
+        for user in (outsider, viewer):
+            answer = api.get(hostile("image", cross_dag_run, "forge", index), headers=user)
+            assert answer.status_code == 409 and why in answer.json()["detail"], index
+            assert api.get(hostile("sidecar", cross_dag_run, "forge", index), headers=user).status_code == 409
     # The rule is the writer's DAG, not the spelling: a user who may read both DAGs is shown it.
     for index, spelling in enumerate(SPELLINGS):
         if spelling != "file://localhost/":  # (that spelling names another file: ./localhost/...)
@@ -613,9 +630,9 @@ def test_a_forged_result_gets_no_cached_thumbnail_of_another_dags_image(api, tok
     cache = thumbnail_cache()
     hits = cache.hits
     missing = len(SPELLINGS)  # the result naming the victim's sha256 and a file that does not exist
-    for index in (*range(len(SPELLINGS)), missing):
+    for index in range(missing + 3):
         answer = api.get(hostile("thumb", cross_dag_run, "forge", index), headers=outsider)
-        assert answer.status_code in (403, 404) and answer.content != own.content, index
+        assert answer.status_code in (403, 404, 409) and answer.content != own.content, index
     assert cache.hits == hits  # the cache was never even asked
     gone = api.get(hostile("thumb", cross_dag_run, "forge", missing), headers=viewer)
     assert gone.status_code == 404 and cache.hits == hits  # nor for a reader of both DAGs

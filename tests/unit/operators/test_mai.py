@@ -174,6 +174,20 @@ def test_skip_reuses_an_identical_earlier_result_without_spending_quota(emulator
         assert second[key] == first[key]
 
 
+def test_a_request_named_image_reused_by_another_dag_keeps_its_writer_in_the_sidecar(emulator, tmp_path):
+    # The UI plugin shows a reused image to readers of the DAG that wrote it (see docs/ui.md).
+    def make():
+        return MaiGenerateImageOperator(
+            task_id="g", prompt="p", output_path=f"{tmp_path}/", naming="request", if_exists="skip"
+        )
+
+    first = make().execute(context(dag_id="writer"))
+    second = make().execute(context(dag_id="reuser", run_id="another-run"))
+    assert second["reused"] is True and second["uri"] == first["uri"] and len(emulator.requests) == 1
+    sidecar = json.loads(Path(first["sidecar_uri"].removeprefix("file://")).read_text())
+    assert (sidecar["dag_id"], sidecar["run_id"], sidecar["uri"]) == ("writer", RUN_ID, first["uri"])
+
+
 def test_skip_regenerates_when_the_request_changed(emulator, tmp_path):
     MaiGenerateImageOperator(task_id="g", prompt="p", output_path=f"{tmp_path}/", if_exists="skip").execute(
         context()
