@@ -298,7 +298,7 @@ def pair_up(items: Sequence[_L]) -> list[list[_L]]:
             group.append(items[index])
             stack.extend(reversed(children[index]))
         groups.append(group)
-    return groups
+    return sorted(groups, key=lambda group: _order(group[0]))
 
 
 def paginate(groups: Sequence[Sequence[_L]], per_page: int) -> list[list[list[_L]]]:
