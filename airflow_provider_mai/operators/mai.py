@@ -71,8 +71,10 @@ class MaiBaseImageOperator(BaseOperator):
         ``{"auto_aspect_ratio": True}``.
     :param mai_conn_id: the Airflow connection of type ``mai``.
     :param deferrable: send the request from the triggerer instead of holding a worker slot while
-        the image is made (default: ``[operators] default_deferrable``, else False). Needs
-        ``output_path`` and a running triggerer; see docs/deferral.md.
+        the image is made. Needs ``output_path`` and a running triggerer; see docs/deferral.md.
+        None (default): the connection's ``deferrable`` extra, else ``[operators]
+        default_deferrable``, else False - read when the task runs; a task without ``output_path``
+        then runs synchronously (it says so in its log).
     """
 
     template_fields: Sequence[str] = ("prompt", "model", "output_path", "extra_params", "mai_conn_id")
@@ -92,7 +94,7 @@ class MaiBaseImageOperator(BaseOperator):
         naming: str = "run",
         extra_params: dict[str, Any] | None = None,
         mai_conn_id: str = "mai_default",
-        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        deferrable: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -132,7 +134,7 @@ class MaiBaseImageOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         request = self._request()
         location = self._location(context, request)
-        if self.deferrable:
+        if self._deferring(location):
             if location is None:
                 raise MaiValidationError(_NO_OUTPUT_PATH)
             reused = self._reusable(request, location)
@@ -142,6 +144,23 @@ class MaiBaseImageOperator(BaseOperator):
         else:
             self._record = self._produce(request, location)
         return self._record.to_xcom()
+
+    def _deferring(self, location: ObjectStoragePath | None) -> bool:
+        """Whether this run defers: the task's ``deferrable``, else the connection's extra, else
+        ``[operators] default_deferrable``. A default does not apply to a task that cannot defer
+        (no ``output_path``: the PNG travels in XCom), which runs synchronously."""
+        if self.deferrable is not None:
+            return bool(self.deferrable)
+        from_connection = self.hook.settings.deferrable
+        if from_connection is not None:
+            chosen, source = from_connection, f"connection {self.mai_conn_id!r} (extra deferrable)"
+        else:
+            chosen = conf.getboolean("operators", "default_deferrable", fallback=False)
+            source = "[operators] default_deferrable"
+        if chosen and location is None:
+            self.log.info("%s asks for deferral; without output_path this task runs synchronously", source)
+            return False
+        return chosen
 
     def _defer(self, request: ImageRequest, location: ObjectStoragePath) -> NoReturn:
         """Hand the request to the triggerer with small kwargs (no key, token or bytes)."""
@@ -153,6 +172,12 @@ class MaiBaseImageOperator(BaseOperator):
                 "deferrable=True needs the edit input as a location (a path, a URI or an upstream result "
                 "with a uri): image bytes are not stored in the trigger's kwargs"
             )
+        existing_sha256 = None
+        if self.if_exists == "overwrite":
+            # The image asked to be replaced may answer this very request: the trigger must not
+            # return it as its result (only an image written after deferral, by a restarted trigger).
+            existing, _why = self._matching(request, location)
+            existing_sha256 = existing.sha256 if existing is not None else None
         trigger = MaiImageTrigger(
             mai_conn_id=self.mai_conn_id,
             operation=request.operation,
@@ -165,6 +190,7 @@ class MaiBaseImageOperator(BaseOperator):
             extra_params=dict(request.extra_params),
             source_image=source,
             exclusive=self.if_exists == "fail",
+            existing_sha256=existing_sha256,
         )
         self.log.info("Deferring: the triggerer sends the request and writes %s", location)
         self.defer(trigger=trigger, method_name="execute_complete", timeout=self.execution_timeout)
@@ -206,6 +232,15 @@ class MaiBaseImageOperator(BaseOperator):
             )
         return storage.resolve_output_path(self.output_path, name)
 
+    def _matching(self, request: ImageRequest, location: ObjectStoragePath) -> tuple[ImageRecord | None, str]:
+        """The record of an intact image at ``location`` that answers ``request`` (else None), and why."""
+        from airflow_provider_mai import storage
+
+        settings = self.hook.settings
+        return storage.find_reusable(
+            location, request.fingerprint, endpoint=settings.endpoint, max_bytes=settings.max_response_bytes
+        )
+
     def _reusable(self, request: ImageRequest, location: ObjectStoragePath) -> ImageRecord | None:
         """Everything before the request: the output checked, ``if_exists`` applied; a reusable
         earlier image's record, else None (send)."""
@@ -215,13 +250,7 @@ class MaiBaseImageOperator(BaseOperator):
         if self.if_exists == "fail" and location.exists():
             raise MaiOutputExistsError(f"{location} already exists and if_exists='fail'")
         if self.if_exists == "skip":
-            settings = self.hook.settings
-            reused, why = storage.find_reusable(
-                location,
-                request.fingerprint,
-                endpoint=settings.endpoint,
-                max_bytes=settings.max_response_bytes,
-            )
+            reused, why = self._matching(request, location)
             if reused is not None:
                 self.log.info("%s already holds this request's image; skipped (no quota spent)", location)
                 return reused

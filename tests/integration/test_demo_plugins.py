@@ -74,8 +74,9 @@ def test_airflow_plugins_lists_mai_images_once_when_started_as_the_demo_does(tmp
     assert "already registered" not in listed.stdout + listed.stderr
 
 
-def test_the_demo_ui_reports_no_plugin_import_error(tmp_path):
-    """``bash scripts/demo.sh --ui``: its DAG run and its api-server load ``mai_images`` once."""
+def test_the_demo_ui_serves_the_images_loads_the_plugin_once_and_stops_on_ctrl_c(tmp_path):
+    """``bash scripts/demo.sh --ui``: the DAG run, then the api-server on loopback with a login; it
+    and the run's own Airflow load ``mai_images`` once; Ctrl-C stops the api-server by its PID."""
     demo = subprocess.Popen(
         [sys.executable, "scripts/run_demo.py", "--ui", "--port", "0"],
         cwd=ROOT,  # where demo.sh runs it, next to the egg-info
@@ -83,6 +84,7 @@ def test_the_demo_ui_reports_no_plugin_import_error(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # Ctrl-C below reaches the demo alone, as a terminal's would
     )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in demo.stdout], daemon=True).start()
@@ -98,7 +100,10 @@ def test_the_demo_ui_reports_no_plugin_import_error(tmp_path):
             except queue.Empty:
                 continue
         text = "".join(printed)
+        assert "MAI emulator stopped after 2 request(s): 2 image(s) made" in text  # what it spent
         url = re.search(r"MAI images in Airflow's UI: (http://127\.0\.0\.1:\d+)/plugin/mai-images", text)[1]
+        tab = rf"{re.escape(url)}/dags/mai_generate_then_edit/runs/\S+/tasks/edit/plugin/mai-image"
+        assert re.search(tab, text)  # the printed link to the edit's image tab
         client = AirflowClient(url, {"admin": re.search(r"Sign in as admin, password (\S+)", text)[1]})
 
         status, errors = client.call("GET", "/api/v2/plugins/importErrors")
@@ -109,9 +114,12 @@ def test_the_demo_ui_reports_no_plugin_import_error(tmp_path):
         assert [plugin["name"] for plugin in answer["plugins"]].count("mai_images") == 1
         # The DAG run's own Airflow (airflow dags test) loaded it once too.
         assert "already registered" not in (tmp_path / "out" / "last-run.log").read_text()
+        assert client.call("GET", "/mai/gallery", user=None)[0] == 401
+        status, page = client.call("GET", "/mai/gallery", user="admin")
+        assert status == 200 and b'data-task="generate"' in page and b'data-task="edit"' in page
     finally:
-        demo.send_signal(signal.SIGTERM)  # the demo stops its api-server by its PID, as on Ctrl-C
-        assert demo.wait(timeout=120) == 0, "".join(printed)
+        demo.send_signal(signal.SIGINT)  # Ctrl-C: the demo stops its api-server by its PID
+        assert demo.wait(timeout=180) == 0, "".join(printed)
     if url is not None:
         with pytest.raises(urllib.error.URLError):
             urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=5)

@@ -20,7 +20,7 @@ from urllib.parse import quote
 import pytest
 
 from airflow_provider_mai.links import image_query, task_instance_tab_url
-from tests.support.airflow_stack import AirflowClient, AirflowStack, airflow_stack, wait_until
+from tests.support.airflow_stack import AirflowStack, airflow_stack, wait_until
 from tests.support.browser import sign_in
 from tests.support.paths import REPO_ROOT
 from tests.support.ui_auth import PASSWORDS
@@ -287,53 +287,3 @@ def test_the_screenshot_recipe_signs_in_both_ways_and_fails_on_a_broken_page(sta
     broken = recipe("token", "no-such-run")
     assert broken.returncode == 1
     assert f"DAG {DEMO} has no run no-such-run" in broken.stderr  # the tab's iframe, though the UI said 200
-
-
-# -- the demo --------------------------------------------------------------------------------------
-def test_demo_with_ui_serves_the_images_until_interrupted(tmp_path):
-    """``bash scripts/demo.sh --ui``: the run, then the api-server on loopback with a login."""
-    import queue
-    import signal
-    import subprocess
-    import sys
-    import threading
-    import time
-    import urllib.request
-
-    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "home"), "MAI_OUTPUT_BASE": str(tmp_path / "out")}
-    demo = subprocess.Popen(
-        [sys.executable, "scripts/run_demo.py", "--ui", "--port", "0"],
-        cwd=DOCS.parent,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # Ctrl-C below reaches the demo alone, as a terminal's would
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in demo.stdout], daemon=True).start()
-    printed: list[str] = []
-    try:
-        deadline = time.monotonic() + 240
-        while not any(line.startswith("Sign in as admin") for line in printed):
-            assert demo.poll() is None, "".join(printed)
-            assert time.monotonic() < deadline, "".join(printed)
-            try:
-                printed.append(lines.get(timeout=1))
-            except queue.Empty:
-                continue
-        text = "".join(printed)
-        assert "MAI emulator stopped after 2 request(s): 2 image(s) made" in text  # what it spent
-        url = re.search(r"MAI images in Airflow's UI: (http://127\.0\.0\.1:\d+)/plugin/mai-images", text)[1]
-        password = re.search(r"Sign in as admin, password (\S+)", text)[1]
-        assert re.search(rf"{re.escape(url)}/dags/{DEMO}/runs/\S+/tasks/edit/plugin/mai-image", text)
-        client = AirflowClient(url, {"admin": password})
-        assert client.call("GET", "/mai/gallery", user=None)[0] == 401
-        status, page = client.call("GET", "/mai/gallery", user="admin")
-        assert status == 200 and b'data-task="generate"' in page and b'data-task="edit"' in page
-    finally:
-        demo.send_signal(signal.SIGINT)
-        assert demo.wait(timeout=180) == 0
-    # Stopped by its PID: nothing answers there any more.
-    with pytest.raises(OSError):
-        urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=2)
