@@ -36,17 +36,18 @@ from airflow_provider_mai.plugin.thumbnails import (
     pillow_available,
 )
 from airflow_provider_mai.plugin.trust import ImageUnavailableError
-from airflow_provider_mai.plugin.views import TaskImage, TaskInstanceRef, link_sources
+from airflow_provider_mai.plugin.views import RunImages, TaskImage, TaskInstanceRef, link_sources
 from airflow_provider_mai.storage import location_key
 
 if TYPE_CHECKING:
     from jinja2 import Environment
 
-#: Runs on one gallery page, and images shown per run there (the run's tab shows all of them).
+#: Runs on one gallery page, and images shown per run there: a page of the run, its edits beside
+#: their sources (``gallery?dag_id=&run_id=&page=`` shows its other pages).
 RUNS_PER_PAGE = 10
 IMAGES_PER_RUN_IN_GALLERY = 12
-#: Images on one run or task tab (a mapped task can have thousands of map indexes). A page reads
-#: at most this many results, each within ``MAX_LISTED_RESULT_BYTES``.
+#: Images on one page of a run's or task's tab (a mapped task can have thousands of map indexes).
+#: A page reads at most this many results, each within ``MAX_LISTED_RESULT_BYTES``.
 MAX_IMAGES_PER_PAGE = 500
 #: Browser caching: a URL carrying the image's content tag (``v=``, its sha256's start) names that
 #: image for good; without it, the browser revalidates (ETag) so a re-run's image is never stale.
@@ -107,6 +108,11 @@ def _parse_date(name: str, value: str | None) -> date | None:
 
 
 MapIndex = Annotated[str | None, Query(description="The map index; -1 or the literal {MAP_INDEX}: unmapped")]
+#: Airflow's ids are at most 250 characters (its columns' length); a page number at most 100,000.
+MAX_ID_LENGTH = 250
+MAX_PAGE = 100_000
+Page = Annotated[int, Query(ge=1, le=MAX_PAGE, description="The page, from 1")]
+OptionalId = Annotated[str | None, Query(max_length=MAX_ID_LENGTH)]
 
 
 @lru_cache(maxsize=1)
@@ -140,16 +146,36 @@ router = APIRouter()
 def gallery(
     user: GetUserDep,
     session: SessionDep,
-    dag_id: str | None = None,
+    dag_id: OptionalId = None,
+    run_id: OptionalId = None,
     since: str | None = None,
     until: str | None = None,
-    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    page: Page = 1,
 ) -> HTMLResponse:
-    """Recent runs of every readable DAG with MAI tasks, each with its images as thumbnails."""
+    """Recent runs of every readable DAG with MAI tasks, each with a page of its images as
+    thumbnails; with ``run_id`` (and ``dag_id``), page ``page`` of that run's images."""
     from airflow.api_fastapi.app import get_auth_manager
 
     since_date, until_date = _parse_date("since", since), _parse_date("until", until)
     readable = get_auth_manager().get_authorized_dag_ids(user=user, method="GET")
+    context: dict[str, Any] = {
+        "title": "MAI images",
+        "dag_ids": queries.dags_with_images(session, readable),
+        "dag_id": dag_id or "",
+        "since": since,
+        "until": until,
+        "previous_page": None,
+        "next_page": None,
+        "one_run": None,
+    }
+    if run_id:
+        if not dag_id:
+            raise HTTPException(400, "run_id needs dag_id: a run id names a run of one DAG")
+        if since or until:
+            raise HTTPException(400, "since and until choose runs: leave them out with run_id (one run)")
+        run = _run_page(session, dag_id, run_id, page, IMAGES_PER_RUN_IN_GALLERY)
+        context["one_run"] = urlencode({"dag_id": dag_id})
+        return _page("gallery.html", runs=[run], **context)
     runs, more = queries.recent_runs(
         session,
         readable,
@@ -165,26 +191,35 @@ def gallery(
         kept = {"dag_id": dag_id or "", "since": since or "", "until": until or ""}
         return urlencode({**{k: v for k, v in kept.items() if v}, "page": number})
 
-    return _page(
-        "gallery.html",
-        title="MAI images",
-        runs=runs,
-        dag_ids=queries.dags_with_images(session, readable),
-        dag_id=dag_id or "",
-        since=since,
-        until=until,
-        previous_page=page_query(page - 1) if page > 1 else None,
-        next_page=page_query(page + 1) if more else None,
-    )
+    context["previous_page"] = page_query(page - 1) if page > 1 else None
+    context["next_page"] = page_query(page + 1) if more else None
+    return _page("gallery.html", runs=runs, **context)
 
 
 @router.get("/run", response_class=HTMLResponse, dependencies=[XComReadAccess])
-def run_tab(dag_id: str, run_id: str, session: SessionDep) -> HTMLResponse:
-    """The DAG run tab: every MAI image of one run, edits beside the images they came from."""
-    run = queries.run_images(session, dag_id, run_id, limit=MAX_IMAGES_PER_PAGE)
+def run_tab(
+    dag_id: Annotated[str, Query(max_length=MAX_ID_LENGTH)],
+    run_id: Annotated[str, Query(max_length=MAX_ID_LENGTH)],
+    session: SessionDep,
+    page: Page = 1,
+) -> HTMLResponse:
+    """The DAG run tab: the MAI images of one run (a page of them), edits beside their sources."""
+    run = _run_page(session, dag_id, run_id, page, MAX_IMAGES_PER_PAGE)
+    return _page("run.html", title=f"MAI images of {run_id}", run=run)
+
+
+def _run_page(session: Any, dag_id: str, run_id: str, page: int, per_page: int) -> RunImages:
+    """Page ``page`` of a run's images; 404 when there is no such run or page."""
+    run = queries.run_images(session, dag_id, run_id, per_page=per_page, page=page)
     if run is None:
         raise HTTPException(404, f"DAG {dag_id} has no run {run_id}")
-    return _page("run.html", title=f"MAI images of {run_id}", run=run)
+    if page > run.pages:
+        raise HTTPException(
+            404,
+            f"run {run_id} has {run.pages} page{'s' if run.pages != 1 else ''} of images "
+            f"({per_page} images a page): there is no page {page}",
+        )
+    return run
 
 
 def task_instance_ref(dag_id: str, run_id: str, task_id: str, map_index: MapIndex = None) -> TaskInstanceRef:

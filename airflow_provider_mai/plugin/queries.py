@@ -25,7 +25,17 @@ from airflow_provider_mai.plugin.trust import (
     ImageUnavailableError,
     mai_result,
 )
-from airflow_provider_mai.plugin.views import RunImages, TaskImage, TaskInstanceImages, TaskInstanceRef
+from airflow_provider_mai.plugin.views import (
+    Located,
+    ResultKey,
+    RunImages,
+    TaskImage,
+    TaskInstanceImages,
+    TaskInstanceRef,
+    paginate,
+    pair_up,
+    sources_of,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Row
@@ -71,16 +81,36 @@ def _has_inline_image() -> ColumnElement[Any]:
     return XComModel.value["b64_json"].as_string().is_not(None)
 
 
-def _result_keys(session: Session, *conditions: Any, require_link: bool = True) -> list[Row[Any]]:
+#: Longest location (``uri``, ``source_image``) read to pair an edit with its source: ours are a
+#: few hundred characters; a longer one is not paired (its image still shows, alone), so listing a
+#: run's keys costs at most this much per result whatever a task returned.
+MAX_LOCATION_CHARS = 1024
+
+
+def _result_keys(
+    session: Session, *conditions: Any, require_link: bool = True, located: bool = False
+) -> list[ResultKey]:
     """The results (keys and timestamps, no values) matching ``conditions``, of task instances that
-    pushed the MAI link (unless ``require_link`` is false), oldest first."""
+    pushed the MAI link (unless ``require_link`` is false), oldest first; with ``located``, also
+    each one's ``uri``, ``source_image`` and ``operation`` (each within ``MAX_LOCATION_CHARS``:
+    what pairs edits with their sources)."""
     from airflow.models.xcom import XComModel
-    from sqlalchemy import exists, select
+    from sqlalchemy import case, exists, func, literal, select
     from sqlalchemy.orm import aliased
 
-    stmt = select(XComModel.dag_run_id, XComModel.task_id, XComModel.map_index, XComModel.timestamp).where(
-        XComModel.key == RETURN_XCOM_KEY, *conditions
-    )
+    def bounded(name: str) -> Any:
+        text = XComModel.value[name].as_string()
+        return case((func.length(text) <= MAX_LOCATION_CHARS, text)) if located else literal(None)
+
+    stmt = select(
+        XComModel.dag_run_id,
+        XComModel.task_id,
+        XComModel.map_index,
+        XComModel.timestamp,
+        bounded("uri").label("uri"),
+        bounded("source_image").label("source_image"),
+        bounded("operation").label("operation"),
+    ).where(XComModel.key == RETURN_XCOM_KEY, *conditions)
     if require_link:
         link = aliased(XComModel)
         stmt = stmt.where(
@@ -91,11 +121,21 @@ def _result_keys(session: Session, *conditions: Any, require_link: bool = True) 
                 link.key == LINK_XCOM_KEY,
             )
         )
-    return list(session.execute(stmt.order_by(XComModel.timestamp, XComModel.task_id, XComModel.map_index)))
+    rows = session.execute(stmt.order_by(XComModel.timestamp, XComModel.task_id, XComModel.map_index))
+    return [
+        ResultKey(
+            row.dag_run_id,
+            row.task_id,
+            row.map_index,
+            row.timestamp,
+            *(text if isinstance(text, str) else None for text in (row.uri, row.source_image, row.operation)),
+        )
+        for row in rows
+    ]
 
 
 def _images(
-    session: Session, keys: Sequence[Row[Any]], runs: Mapping[int, tuple[str, str]], max_bytes: int
+    session: Session, keys: Sequence[ResultKey], runs: Mapping[int, tuple[str, str]], max_bytes: int
 ) -> list[TaskImage]:
     """The images of the results at ``keys`` (in their order), each read within ``max_bytes`` and
     without its inline image; ``runs`` names each run (dag_id, run_id) by its primary key. A value
@@ -125,7 +165,7 @@ def _images(
         if row is None or row.size is None:
             continue
         dag_id, run_id = runs[key.dag_run_id]
-        image = TaskImage(dag_id, run_id, key.task_id, key.map_index, {}, key.timestamp)
+        image = TaskImage(dag_id, run_id, key.task_id, key.map_index, {}, key.recorded_at)
         if row.size > max_bytes:
             image.unlisted = f"its result is too large to show here ({row.size:,} characters)"
         else:
@@ -202,8 +242,12 @@ def recent_runs(
     return list(runs.values()), len(rows) > limit
 
 
-def run_images(session: Session, dag_id: str, run_id: str, *, limit: int) -> RunImages | None:
-    """One DAG run and its first ``limit`` MAI images; None when there is no such run."""
+def run_images(
+    session: Session, dag_id: str, run_id: str, *, per_page: int, page: int = 1
+) -> RunImages | None:
+    """One DAG run and page ``page`` of its MAI images (``per_page`` a page, see
+    :func:`_fill_runs`); None when there is no such run. A page past the run's last one holds no
+    images (``page > pages``)."""
     from airflow.models.dagrun import DagRun
     from sqlalchemy import select
 
@@ -215,7 +259,7 @@ def run_images(session: Session, dag_id: str, run_id: str, *, limit: int) -> Run
     if row is None:
         return None
     run = RunImages(row.dag_id, row.run_id, row.run_after, _state(row.state))
-    _fill_runs(session, {row.id: run}, limit)
+    _fill_runs(session, {row.id: run}, per_page, page)
     return run
 
 
@@ -223,23 +267,63 @@ def _state(state: Any) -> str | None:
     return None if state is None else str(getattr(state, "value", state))
 
 
-def _fill_runs(session: Session, runs: Mapping[int, RunImages], per_run: int) -> None:
-    """Set each run's first ``per_run`` images (oldest first) and its number of images: the keys
-    of every result are read, the values of only those shown."""
+def _fill_runs(session: Session, runs: Mapping[int, RunImages], per_page: int, page: int = 1) -> None:
+    """Set each run's counts and its page ``page`` of images, grouped (:func:`.views.pair_up`: an
+    image, then the edits made from it) and laid out ``per_page`` images a page
+    (:func:`.views.paginate`). One query reads the keys and locations of every result of the
+    runs; the values are read for the images shown only (one query per ``KEYS_PER_QUERY``)."""
     from airflow.models.xcom import XComModel
 
     if not runs:
         return
-    shown: dict[int, list[Row[Any]]] = defaultdict(list)
-    for key in _result_keys(session, XComModel.dag_run_id.in_(list(runs))):
-        runs[key.dag_run_id].total += 1
-        if len(shown[key.dag_run_id]) < per_run:
-            shown[key.dag_run_id].append(key)
+    of_run: dict[int, list[ResultKey]] = defaultdict(list)
+    for key in _result_keys(session, XComModel.dag_run_id.in_(list(runs)), located=True):
+        of_run[key.dag_run_id].append(key)
+    layouts: dict[int, list[list[ResultKey]]] = {}
+    parent_keys: dict[tuple[int, str, int], ResultKey] = {}
+    for pk, run in runs.items():
+        keys = of_run.get(pk, [])
+        groups = pair_up(keys)
+        pages = paginate(groups, per_page) or [[]]
+        run.total, run.group_total = len(keys), len(groups)
+        run.edited = sum(key.operation == "edit" for key in keys)
+        run.generated = sum(key.operation == "generate" for key in keys)
+        run.pair_total = sum(len(group) > 1 for group in groups)
+        run.page, run.pages = page, len(pages)
+        if page > len(pages):
+            continue
+        starts = {id(group[0]) for group in groups}
+        earlier = [part for parts in pages[: page - 1] for part in parts]
+        shown = pages[page - 1]
+        run.first_image = sum(len(part) for part in earlier) + 1 if shown else 0
+        run.last_image = run.first_image + sum(len(part) for part in shown) - 1 if shown else 0
+        begun = sum(id(part[0]) in starts for part in earlier)
+        run.first_group = begun + (1 if shown and id(shown[0][0]) in starts else 0)
+        run.last_group = begun + sum(id(part[0]) in starts for part in shown)
+        layouts[pk] = shown
+        for index, parent in sources_of(keys).items():
+            parent_keys[_key_id(keys[index])] = keys[parent]
     names = {pk: (run.dag_id, run.run_id) for pk, run in runs.items()}
-    by_name = {name: runs[pk] for pk, name in names.items()}
-    keys = [key for chosen in shown.values() for key in chosen]
-    for image in _images(session, keys, names, MAX_LISTED_RESULT_BYTES):
-        by_name[image.dag_id, image.run_id].images.append(image)
+    chosen = [key for parts in layouts.values() for part in parts for key in part]
+    by_name = {name: pk for pk, name in names.items()}
+    read = {
+        (by_name[image.dag_id, image.run_id], image.task_id, image.map_index): image
+        for image in _images(session, chosen, names, MAX_LISTED_RESULT_BYTES)
+    }
+    for pk, parts in layouts.items():
+        dag_id, run_id = names[pk]
+        shown_groups = [[read[_key_id(key)] for key in part if _key_id(key) in read] for part in parts]
+        runs[pk].groups = [group for group in shown_groups if group]
+        for image in runs[pk].images:
+            source = parent_keys.get((pk, image.task_id, image.map_index))
+            if source is not None:  # a bare reference when the source is not on this page
+                image.source = read.get(_key_id(source)) or TaskInstanceRef(
+                    dag_id, run_id, source.task_id, source.map_index
+                )
+
+
+def _key_id(key: ResultKey) -> tuple[int, str, int]:
+    return key.dag_run_id, key.task_id, key.map_index
 
 
 def task_instance_images(session: Session, ref: TaskInstanceRef, *, limit: int) -> TaskInstanceImages:
@@ -289,29 +373,27 @@ def task_instance_images(session: Session, ref: TaskInstanceRef, *, limit: int) 
     )
 
 
-def _map_index(key: Row[Any]) -> int:
+def _map_index(key: ResultKey) -> int:
     return int(key.map_index)
 
 
 def related_images(session: Session, image: TaskImage, *, limit: int) -> list[TaskImage]:
-    """The images of ``image``'s run it was edited from or that were edited from it (matched by
-    the database on ``uri`` and ``source_image``: the rest of the run is not read)."""
+    """The images of ``image``'s run it was edited from or that were edited from it, paired as the
+    gallery pairs them (:func:`.views.sources_of`): the keys and locations of the run's results
+    are read, the values of the related ones only."""
     from airflow.models.xcom import XComModel
-    from sqlalchemy import or_
 
-    matches = []
-    if image.source_image:
-        matches.append(XComModel.value["uri"].as_string() == image.source_image)
-    if image.uri:
-        matches.append(XComModel.value["source_image"].as_string() == image.uri)
-    if not matches:
-        return []
     keys = _result_keys(
-        session, XComModel.dag_id == image.dag_id, XComModel.run_id == image.run_id, or_(*matches)
+        session, XComModel.dag_id == image.dag_id, XComModel.run_id == image.run_id, located=True
     )
     others = [key for key in keys if (key.task_id, key.map_index) != (image.task_id, image.map_index)]
-    runs = {key.dag_run_id: (image.dag_id, image.run_id) for key in others}
-    return _images(session, others[:limit], runs, MAX_LISTED_RESULT_BYTES)
+    items: list[Located] = [image, *others]
+    parents = sources_of(items)
+    related = [
+        key for index, key in enumerate(others, 1) if parents.get(index) == 0 or parents.get(0) == index
+    ]
+    runs = {key.dag_run_id: (image.dag_id, image.run_id) for key in related}
+    return _images(session, related[:limit], runs, MAX_LISTED_RESULT_BYTES)
 
 
 def task_image(session: Session, ref: TaskInstanceRef) -> TaskImage:

@@ -8,25 +8,24 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from tests.support.paths import REPO_ROOT
 from tests.support.servers import unavailable
 
+# The flags a sandboxed CI machine needs and the UI's sign-in, as the screenshot recipe a team
+# runs (scripts/ui_screenshots.py, docs/ui.md) has them: the tests use the recipe's own.
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+from ui_screenshots import CHROMIUM_ARGS
+from ui_screenshots import sign_in_with_form as sign_in
+
+__all__ = ["CHROMIUM", "CHROMIUM_ARGS", "browser", "sign_in"]
+
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
-# Flags a sandboxed CI machine needs: no GPU, no sandbox as root, and no calls home (the network
-# is closed, and Chromium's background fetches would be refused many at a time).
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +45,3 @@ def browser() -> Iterator[Any]:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
-
-
-def sign_in(page: Any, url: str, username: str, password: str) -> None:
-    """Log in to the Airflow UI through the simple auth manager's form."""
-    page.goto(f"{url}/", wait_until="domcontentloaded")
-    page.locator("input[name=username]").fill(username)
-    page.locator("input[name=password]").fill(password)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(lambda current: "/login" not in current, timeout=90_000)

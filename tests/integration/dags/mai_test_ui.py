@@ -96,3 +96,43 @@ def _hostile_dag(dag_id: str) -> None:
 # Forged results; and, in a DAG of their own, results naming the images of another DAG.
 _hostile_dag("mai_test_ui_hostile")
 _hostile_dag("mai_test_ui_forger")
+
+
+# -- a batch with an edit of every generation (the gallery's pairs) --------------------------------
+
+
+def _edit_of(result: dict) -> dict:
+    """The edit's arguments for one generation's result (``generate.output.map``)."""
+    return {"image": result}
+
+
+with DAG(
+    "mai_test_ui_pairs",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    params={
+        "out": Param("/tmp/mai-test-ui-pairs", type="string"),
+        "count": Param(12, type="integer", minimum=1),
+        # Edit inputs that are not images of the run (e.g. a product photo): each edit shows alone.
+        "photos": Param([], type="array"),
+    },
+    tags=["mai", "test"],
+):
+
+    @task
+    def products(**context) -> list:  # type: ignore[no-untyped-def]
+        return [f"product {number}, studio photo" for number in range(context["params"]["count"])]
+
+    @task
+    def photos(**context) -> list:  # type: ignore[no-untyped-def]
+        return list(context["params"]["photos"])
+
+    generated = MaiGenerateImageOperator.partial(
+        task_id="generate", width=768, height=768, output_path="{{ params.out }}/generated/"
+    ).expand(prompt=products())
+    MaiEditImageOperator.partial(
+        task_id="edit", prompt="on a white background", output_path="{{ params.out }}/edited/"
+    ).expand_kwargs(generated.output.map(_edit_of))
+    MaiEditImageOperator.partial(
+        task_id="retouch", prompt="warmer light", output_path="{{ params.out }}/retouched/"
+    ).expand(image=photos())

@@ -257,3 +257,33 @@ def test_review_in_the_browser_shows_the_images_and_the_choice_is_edited(signed_
     (edited,) = edited_files(stack, "browser")
     source = json.loads(edited.with_suffix(".json").read_text())["source_image"]
     assert source == stack.xcom(REVIEW, run_id, "generate", map_index=2)["uri"]
+
+
+def test_the_screenshot_recipe_signs_in_both_ways_and_fails_on_a_broken_page(stack, runs, tmp_path):
+    """``scripts/ui_screenshots.py`` as docs/ui.md has a team run it in CI."""
+    import subprocess
+    import sys
+
+    from tests.support.browser import CHROMIUM
+    from tests.support.servers import unavailable
+
+    if not CHROMIUM:
+        unavailable("Chromium is not installed (apt-get install chromium)")
+    assert stack.wait_for_run(DEMO, runs["demo"]) == "success"
+
+    def recipe(login: str, run_id: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "scripts/ui_screenshots.py", "--url", stack.url, "--user", "admin"]
+        command += ["--out", str(tmp_path / login), "--dag-id", DEMO, "--run-id", run_id, "--login", login]
+        env = {**os.environ, "AIRFLOW_UI_PASSWORD": PASSWORDS["admin"], "CHROMIUM_PATH": CHROMIUM}
+        return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+    for login in ("form", "token"):
+        done = recipe(login, runs["demo"])
+        assert done.returncode == 0, done.stderr[-3000:]
+        shots = sorted((tmp_path / login).iterdir())
+        assert [shot.name for shot in shots] == ["gallery.png", "run-gallery.png", "run-tab.png"]
+        assert all(shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for shot in shots)
+        assert "run-tab.png (2 images)" in done.stdout  # the demo's generation and its edit
+    broken = recipe("token", "no-such-run")
+    assert broken.returncode == 1
+    assert f"DAG {DEMO} has no run no-such-run" in broken.stderr  # the tab's iframe, though the UI said 200

@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 from types import SimpleNamespace
@@ -292,6 +293,136 @@ def test_bad_parameters_are_clear_400s(api, tokens, ui_run):
         assert out_of_range.status_code == 400, query
     missing = api.get(f"/mai/image?dag_id={DAG_ID}", headers=viewer)
     assert missing.status_code == 400 and "run_id" in missing.json()["detail"]
+
+
+# -- pairs: each edit beside its source, pages within a run ---------------------------------------
+PAIRS = "mai_test_ui_pairs"
+
+
+@pytest.fixture(scope="module")
+def pair_runs(airflow_db, tmp_path_factory) -> SimpleNamespace:
+    """Two runs of ``mai_test_ui_pairs``: 12 generations each edited once (``generate.output.map``),
+    and 3 + 3 with one more edit of a photo that is not an image of the run."""
+    out = tmp_path_factory.mktemp("pairs")
+    photo = out / "photo.png"
+    photo.write_bytes(make_png(64, 48))
+    with MaiEmulator(api_key=API_KEY) as emulator, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AIRFLOW_CONN_MAI_DEFAULT", emulator_connection(emulator))
+        big, big_states, _ = run_dag(PAIRS, {"out": str(out / "big"), "count": 12})
+        small, small_states, small_xcoms = run_dag(
+            PAIRS, {"out": str(out / "small"), "count": 3, "photos": [str(photo)]}
+        )
+    assert big_states.pop(("retouch", -1)) == "skipped"  # no photos: nothing to map over
+    assert set(big_states.values()) == set(small_states.values()) == {"success"}
+    assert len(big_states) == 2 + 24 and small_xcoms[("retouch", 0)]["source_image"].endswith("photo.png")
+    return SimpleNamespace(big=big.run_id, small=small.run_id)
+
+
+def run_section(html: str, run_id: str) -> str:
+    return html[html.index(f'data-run="{run_id}"') :].split("</section>")[0]
+
+
+def text_of(html: str, css_class: str) -> str:
+    """The text of the first element of class ``css_class``, tags dropped, spaces collapsed."""
+    start = html.index(f'class="{css_class}')
+    inner = html[html.index(">", start) + 1 :]
+    depth, end = 0, 0
+    for match in re.finditer(r"<(/?)(span|p)\b[^>]*>", inner):
+        if match[1] and depth == 0:
+            end = match.start()
+            break
+        depth += -1 if match[1] else 1
+    return " ".join(re.sub(r"<[^>]+>", " ", inner[:end]).split())
+
+
+def one_run(run_id: str, page: int | None = None, route_name: str = "gallery") -> str:
+    query = {"dag_id": PAIRS, "run_id": run_id, **({"page": page} if page else {})}
+    return f"/mai/{route_name}?{urlencode(query)}"
+
+
+def test_gallery_shows_each_edit_beside_its_source_in_map_index_order(api, tokens, pair_runs):
+    viewer = as_user(tokens, "viewer")
+    html = run_section(api.get(f"/mai/gallery?dag_id={PAIRS}", headers=viewer).text, pair_runs.big)
+    # Before: the first 12 results by XCom time - 12 generations, shuffled - and "12 images" over
+    # "Showing 12 of 24". Now: a page of 12 images, pairs in map-index order; counts of the run.
+    assert _Page(html).chains == [[f"generate[{i}]", f"edit[{i}]"] for i in range(6)]
+    assert text_of(html, "when counts") == "24 images (12 generated, 12 edited) in 12 pairs"
+    assert text_of(html, "showing") == "Showing images 1\u201312 of 24 (pairs 1\u20136 of 12)"
+    source = image_query(PAIRS, pair_runs.big, "generate", 3)
+    assert f'edited from <a href="ti?{source}">generate[3]</a>' in unescape(html)
+    more = f'<a href="{one_run(pair_runs.big, 2).removeprefix("/mai/")}" rel="next">more of this run'
+    assert more in unescape(html)
+    # Page 2 of the run: the rest, and the way back.
+    second = api.get(one_run(pair_runs.big, 2), headers=viewer)
+    assert second.status_code == 200
+    page = _Page(run_section(second.text, pair_runs.big))
+    assert page.chains == [[f"generate[{i}]", f"edit[{i}]"] for i in range(6, 12)]
+    assert text_of(second.text, "showing") == "Showing images 13\u201324 of 24 (pairs 7\u201312 of 12)"
+    assert one_run(pair_runs.big, 1).removeprefix("/mai/") in page.links
+    assert "more of this run" not in second.text and "&larr;" not in second.text
+    # The run's tab: all 24 on one page, the same counts.
+    tab = api.get(route("run", pair_runs.big, dag_id=PAIRS), headers=viewer).text
+    assert _Page(tab).chains == [[f"generate[{i}]", f"edit[{i}]"] for i in range(12)]
+    assert text_of(tab, "showing") == "Showing images 1\u201324 of 24 (pairs 1\u201312 of 12)"
+    assert text_of(tab, "when counts") == "24 images (12 generated, 12 edited) in 12 pairs"
+    # An edit's own tab finds its source by the same pairing.
+    edit_tab = api.get(route("ti", pair_runs.big, "edit", 7, dag_id=PAIRS), headers=viewer).text
+    assert "edited from" in edit_tab and 'data-task="generate[7]"' in edit_tab
+
+
+def test_an_edit_whose_source_is_not_in_the_run_shows_alone_and_is_counted(api, tokens, pair_runs):
+    viewer = as_user(tokens, "viewer")
+    html = run_section(api.get(f"/mai/gallery?dag_id={PAIRS}", headers=viewer).text, pair_runs.small)
+    chains = [*([f"generate[{i}]", f"edit[{i}]"] for i in range(3)), ["retouch[0]"]]
+    assert _Page(html).chains == chains
+    assert text_of(html, "when counts") == "7 images (3 generated, 4 edited) in 4 pairs and single images"
+    assert text_of(html, "showing") == "Showing images 1\u20137 of 7 (pairs and single images 1\u20134 of 4)"
+    assert "more of this run" not in html
+    assert _Page(api.get(one_run(pair_runs.small), headers=viewer).text).chains == chains
+
+
+def test_a_gallery_page_reads_the_values_of_what_it_shows_in_one_query(api, tokens, pair_runs):
+    from airflow.settings import engine
+    from sqlalchemy import event
+
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        statements.append(statement)
+
+    viewer = as_user(tokens, "viewer")
+    counts = {}
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        for run_id in (pair_runs.big, pair_runs.small):
+            api.get(one_run(run_id), headers=viewer)  # once first: the gallery's DAG list cached
+            del statements[:]
+            assert api.get(one_run(run_id), headers=viewer).status_code == 200
+            counts[run_id] = len(statements)
+            # The values are read once, for the page's images only, without their inline image.
+            (values,) = [s for s in statements if "json_remove" in s.lower()]
+            keys = len(re.findall(r"\(\?, \?, \?\)", values))  # (dag_run_id, task_id, map_index)
+            assert keys == (12 if run_id == pair_runs.big else 7), values
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert counts[pair_runs.big] == counts[pair_runs.small]  # not one query per image
+
+
+def test_paging_parameters_out_of_range_are_clear_4xx(api, tokens, pair_runs):
+    viewer = as_user(tokens, "viewer")
+    cases = {
+        f"/mai/gallery?run_id={pair_runs.big}": (400, "run_id needs dag_id"),
+        one_run(pair_runs.big) + "&since=2026-01-01": (400, "leave them out with run_id"),
+        one_run(pair_runs.big, 3): (404, "has 2 pages of images (12 images a page): there is no page 3"),
+        one_run(pair_runs.small, 2, "run"): (404, "has 1 page of images (500 images a page)"),
+        one_run(pair_runs.big) + "&page=0": (400, "page"),
+        one_run(pair_runs.big) + "&page=100001": (400, "page"),
+        one_run("x" * 251): (400, "run_id"),
+        one_run("no-such-run"): (404, f"DAG {PAIRS} has no run no-such-run"),
+    }
+    for path, (status, message) in cases.items():
+        answer = api.get(path, headers=viewer)
+        assert (answer.status_code, message in answer.text) == (status, True), (path, answer.text[-500:])
 
 
 # -- images and thumbnails -------------------------------------------------------------------------
@@ -672,9 +803,11 @@ def test_a_page_reads_only_the_images_it_shows_and_never_their_base64(api, token
     assert "inline image 7" in one and "inline image 8" not in one
     mapped = api.get(paths["the mapped task's tab"], headers=viewer).text
     assert f"{INLINE_IMAGES} mapped task instances with images" in mapped
-    # The gallery reads the keys of all 37 marked results, the values of its first 12 only.
+    # The gallery reads the keys of all 37 marked results, the values of its first 12 only (two of
+    # them are not MAI results: not shown).
     gallery = api.get(paths["the gallery"], headers=viewer).text
-    assert len(_Page(gallery).cards) <= 12 and "of 37 images" in gallery
+    assert len(_Page(gallery).cards) == 10
+    assert "Showing images 1\u201312 of 37 (single images 1\u201312 of 37)" in gallery
     image = api.get(hostile("image", hostile_run, "inline", 7), headers=viewer)
     assert sha(image.content) == hostile_run.xcoms[("inline", 7)]["sha256"]
 
