@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_provider_mai.plugin.views import ResultKey, RunImages, pair_key, paginate, pair_up
+from airflow_provider_mai.plugin.views import ResultKey, RunImages, paginate, pair_key, pair_up
 
 
 def result(task: str, index: int = -1, uri: str | None = None, source: str | None = None) -> ResultKey:
