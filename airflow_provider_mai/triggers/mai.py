@@ -25,20 +25,14 @@ log = logging.getLogger(__name__)
 
 
 async def send_request(settings: MaiSettings, request: ImageRequest, logger: Any) -> MaiImage:
-    """The one seam to the client. Stand-in until the asyncio client lands: the sync client, off
-    the event loop (same rules, same errors)."""
+    """The one seam to the client: the asyncio client, on the triggerer's event loop (the sync
+    client's rules and errors; a new token is fetched, and masked, in a thread)."""
     from airflow.sdk.log import mask_secret
 
-    from airflow_provider_mai.client import MaiClient
+    from airflow_provider_mai.client.async_core import AsyncMaiClient
 
-    def run() -> MaiImage:
-        client = MaiClient(settings, log=logger, on_secret=mask_secret)
-        try:
-            return client.send(request)
-        finally:
-            client.close()
-
-    return await asyncio.to_thread(run)
+    async with AsyncMaiClient(settings, log=logger, on_secret=mask_secret) as client:
+        return await client.send(request)
 
 
 def error_payload(exc: BaseException) -> dict[str, Any]:
