@@ -48,14 +48,23 @@ _UNBUILDABLE = (ValueError, TypeError)
 _SENT_EVENTS = frozenset({"http11.send_request_body.complete", "http2.send_request_body.complete"})
 
 
-@functools.lru_cache(maxsize=8)
 def _ssl_context(cas: str | bool) -> ssl.SSLContext:
     """A verifying TLS context trusting ``cas`` (a file or folder; True: certifi's bundle, as
-    requests). Cached: loading a bundle costs milliseconds and memory, and triggers share one."""
-    if cas is True or cas is False:  # False never reaches here: settings always verify
+    requests does). Shared while the bundle is unchanged: loading one costs milliseconds and a few
+    hundred KB, and a triggerer runs many clients; a replaced bundle is read again."""
+    if cas is True or cas is False:  # False never comes: settings always verify
         import certifi
 
         cas = certifi.where()
+    try:
+        info = os.stat(cas)
+    except OSError:
+        info = None
+    return _loaded_context(cas, (info.st_mtime_ns, info.st_size) if info else None)
+
+
+@functools.lru_cache(maxsize=8)
+def _loaded_context(cas: str, stamp: tuple[int, int] | None) -> ssl.SSLContext:
     if os.path.isdir(cas):
         return ssl.create_default_context(capath=cas)
     return ssl.create_default_context(cafile=cas)
@@ -138,24 +147,12 @@ async def exchange(
     deadline = loop.time() + timeout
     connect = min(connect_timeout, timeout)
     try:
-        # wait_for (not asyncio.timeout, 3.11+): one deadline over connect, headers and body.
-        return await asyncio.wait_for(
-            _exchange(
-                session,
-                url,
-                method,
-                headers,
-                verify,
-                json_body,
-                form,
-                files,
-                timeout,
-                connect,
-                max_body,
-                progress,
-            ),
-            timeout,
-        )
+        client, request = _build(session, url, method, headers, verify, json_body, form, files)
+        request.extensions["timeout"] = httpx.Timeout(timeout, connect=connect).as_dict()
+        request.extensions["trace"] = progress.trace
+        # wait_for (asyncio.timeout is 3.11+): one deadline over connect, headers and body.
+        exchanged = _exchange(client, request, max_body, progress)
+        return await asyncio.wait_for(exchanged, max(deadline - loop.time(), 0.0))
     except TransportError:
         raise
     except asyncio.TimeoutError:  # our deadline (before 3.11 not the builtin TimeoutError)
@@ -177,25 +174,9 @@ async def exchange(
 
 
 async def _exchange(
-    session: AsyncSession,
-    url: str,
-    method: str,
-    headers: Mapping[str, str],
-    verify: str | bool,
-    json_body: Any,
-    form: Mapping[str, str] | None,
-    files: Mapping[str, tuple[str, bytes, str]] | None,
-    timeout: float,
-    connect: float,
-    max_body: int,
-    progress: _Progress,
+    client: httpx.AsyncClient, request: httpx.Request, max_body: int, progress: _Progress
 ) -> Answer:
     """The exchange itself, within the deadline :func:`exchange` sets around it."""
-    import httpx
-
-    client, request = _build(session, url, method, headers, verify, json_body, form, files)
-    request.extensions["timeout"] = httpx.Timeout(timeout, connect=connect).as_dict()
-    request.extensions["trace"] = progress.trace
     response = await client.send(request, stream=True)
     try:
         ok = response.status_code == 200

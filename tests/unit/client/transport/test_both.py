@@ -253,3 +253,20 @@ def test_the_deadline_holds_when_name_resolution_eats_it(connect, monkeypatch, t
             transport.send(conn_id)
         elapsed = time.monotonic() - started
     assert elapsed < DEADLINE_BOUND, f"took {elapsed:.1f} s"  # the drip alone would hold it for 30 s
+
+
+def test_both_transports_send_an_edit_as_the_same_multipart_form(connect, emulator):
+    from airflow_provider_mai.models import EditRequest
+    from tests.support.helpers import make_png
+
+    conn_id = connect()
+    source = make_png(800, 800)
+    request = EditRequest(source, "add a kite", deployment="mai-image-2-5")
+    images = [Transport(name).send(conn_id, request) for name in ("sync", "async")]
+    sync, asynchronous = emulator.requests
+    assert sync.path == asynchronous.path and sync.path.endswith("/images/edits")
+    assert sync.fields == asynchronous.fields and sync.fields["prompt"] == "add a kite"
+    assert sync.image == asynchronous.image == source
+    assert sync.headers["content-type"].startswith("multipart/form-data; boundary=")
+    assert asynchronous.headers["content-type"].startswith("multipart/form-data; boundary=")
+    assert [image.attempts for image in images] == [1, 1]
