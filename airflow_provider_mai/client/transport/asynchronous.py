@@ -210,6 +210,12 @@ def _build(
         client = session.client(proxy, cas)
     except (OSError, ssl.SSLError):  # the CA bundle cannot be read
         raise TransportError("TLS certificate verification failed", sent=False, kind="tls") from None
+    except ImportError:  # as requests: a SOCKS proxy without its package (socksio) is a build error
+        raise TransportError(
+            "the request could not be built (a SOCKS proxy needs the socksio package)",
+            sent=False,
+            kind="invalid",
+        ) from None
     _check_headers(headers)
     content = None
     extra = dict(headers)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import sys
 import threading
 import time
 import tracemalloc
@@ -270,3 +271,25 @@ def test_both_transports_send_an_edit_as_the_same_multipart_form(connect, emulat
     assert sync.headers["content-type"].startswith("multipart/form-data; boundary=")
     assert asynchronous.headers["content-type"].startswith("multipart/form-data; boundary=")
     assert [image.attempts for image in images] == [1, 1]
+
+
+def test_a_socks_proxy_without_its_package_is_a_clear_build_error(monkeypatch, transport):
+    from airflow_provider_mai.client.transport import TransportError
+
+    for name in ("socks", "socksio"):  # as where neither SOCKS package is installed
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setenv("ALL_PROXY", "socks5://127.0.0.1:9")
+    monkeypatch.setenv("all_proxy", "socks5://127.0.0.1:9")
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(TransportError) as info:
+        _exchange(
+            transport,
+            "http://127.0.0.1:9/image.png",
+            method="GET",
+            headers={},
+            timeout=5,
+            connect_timeout=2,
+            max_body=10,
+        )
+    assert info.value.kind == "invalid" and not info.value.sent
