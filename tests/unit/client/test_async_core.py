@@ -168,3 +168,17 @@ def test_no_secret_in_repr_logs_or_errors(emulator, caplog):
     assert "retrying" in caplog.text  # the 503 was logged...
     for text in (caplog.text, str(info.value), repr(info.value), repr(client), repr(client.settings)):
         assert API_KEY not in text  # ...and the key never was
+
+
+def test_many_sends_in_flight_on_one_client_all_complete(emulator):
+    # The triggerer's case: one event loop holds many requests; no pool limit queues them.
+    requests = [GenerateRequest(f"kite {i}", 768, 768, deployment="mai-image-2") for i in range(40)]
+
+    async def main():
+        async with AsyncMaiClient(_settings(emulator, max_retries=0)) as client:
+            return await asyncio.gather(*(client.send(r) for r in requests))
+
+    images = asyncio.run(main())
+    assert [image.prompt for image in images] == [r.prompt for r in requests]
+    assert all(image.attempts == 1 for image in images)
+    assert len(emulator.requests) == 40
