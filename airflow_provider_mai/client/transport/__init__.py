@@ -51,13 +51,23 @@ def environment_route(
     The environment as requests reads it, for both transports: ``HTTP(S)_PROXY``/``ALL_PROXY`` unless
     ``NO_PROXY`` matches, and ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` unless the connection names
     its own ``ca_bundle`` (``verify``), which wins. A credential over plain http takes no proxy
-    (:func:`key_in_clear_text`).
+    (:func:`key_in_clear_text`). A CA bundle that does not exist is a :class:`TransportError`
+    (``"invalid"``: the request cannot be made as configured).
     """
     from requests.utils import get_environ_proxies, select_proxy
 
     proxy = None if key_in_clear_text(url, headers) else select_proxy(url, get_environ_proxies(url))
+    named_by = "the connection's extra 'ca_bundle'"
     if verify is True:
-        verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        for variable in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+            if os.environ.get(variable):
+                verify, named_by = os.environ[variable], variable
+                break
+    if isinstance(verify, str) and url.startswith("https://") and not os.path.exists(verify):
+        # Before connecting, and the same for both transports (requests would raise a bare OSError).
+        raise TransportError(
+            f"the CA bundle that {named_by} names does not exist", sent=False, kind="invalid"
+        )
     return proxy, verify
 
 

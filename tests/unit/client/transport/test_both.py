@@ -139,6 +139,16 @@ def test_without_ca_bundle_tls_fails_clearly_and_is_not_retried(
     assert info.value.attempts == 1 and not info.value.possibly_billed
 
 
+def test_an_environment_ca_bundle_that_does_not_exist_is_a_configuration_error(
+    connect, tls_emulator, tmp_path, monkeypatch, transport
+):
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "gone.pem"))
+    with pytest.raises(MaiConfigurationError, match="CA bundle that REQUESTS_CA_BUNDLE names") as info:
+        transport.send(connect(host=tls_emulator.url))
+    assert info.value.attempts == 1  # never retried: nothing can succeed until it is fixed
+    assert tls_emulator.requests == []
+
+
 @pytest.mark.usefixtures("system_ca_bundle_in_env")
 def test_a_ca_bundle_that_does_not_vouch_is_named(connect, tls_emulator, tmp_path, transport):
     other_ca, _, _ = make_tls_files(tmp_path, "other")
