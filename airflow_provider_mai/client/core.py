@@ -10,7 +10,8 @@ Usable on its own (a script, a notebook, another orchestrator)::
 The client only performs the steps of a call (:mod:`~airflow_provider_mai.client.conversation`):
 pace, send once within the deadline (:mod:`~airflow_provider_mai.client.transport.sync`), wait,
 refresh a token. What the answers mean and what is retried is decided there, the same for the
-asyncio client the triggerer uses.
+asyncio client the triggerer uses (:class:`~airflow_provider_mai.client.async_core.AsyncMaiClient`,
+which shares :class:`StepDriver` with this one).
 """
 
 from __future__ import annotations
