@@ -42,6 +42,7 @@ import pytest  # noqa: E402
 
 from airflow_provider_mai.emulator import MaiEmulator  # noqa: E402
 from tests.support.connections import API_KEY, emulator_connection  # noqa: E402
+from tests.support.transports import TRANSPORTS, Transport  # noqa: E402
 
 pytest_plugins = ["tests.support.storage_servers", "tests.support.browser"]
 
@@ -91,3 +92,9 @@ def free_port() -> int:
     from tests.support.servers import free_port as pick
 
     return pick()
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> Transport:
+    """Each transport in turn (sync, async): a test using it is one matrix over both."""
+    return Transport(request.param)

@@ -8,11 +8,13 @@
 - :mod:`.auth`, :mod:`.pacing` - the auth header; the shared send-slot schedules of a quota.
 - :mod:`.transport` - how bytes move, within bounds we chose.
 - :mod:`.core` - :class:`MaiClient`, which performs the steps in a worker.
+- :mod:`.async_core` - :class:`AsyncMaiClient`, which performs the same steps on an event loop.
 """
 
 from __future__ import annotations
 
+from airflow_provider_mai.client.async_core import AsyncMaiClient
 from airflow_provider_mai.client.core import MaiClient
 from airflow_provider_mai.client.settings import MaiSettings
 
-__all__ = ["MaiClient", "MaiSettings"]
+__all__ = ["AsyncMaiClient", "MaiClient", "MaiSettings"]

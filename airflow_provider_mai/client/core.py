@@ -10,19 +10,21 @@ Usable on its own (a script, a notebook, another orchestrator)::
 The client only performs the steps of a call (:mod:`~airflow_provider_mai.client.conversation`):
 pace, send once within the deadline (:mod:`~airflow_provider_mai.client.transport.sync`), wait,
 refresh a token. What the answers mean and what is retried is decided there, the same for the
-asyncio client the triggerer uses.
+asyncio client the triggerer uses (:class:`~airflow_provider_mai.client.async_core.AsyncMaiClient`,
+which shares :class:`StepDriver` with this one).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_mai.client.auth import Credentials
 from airflow_provider_mai.client.conversation import (
+    Call,
     Pace,
     RefreshToken,
     Send,
@@ -52,7 +54,82 @@ def retry_policy(settings: MaiSettings) -> RetryPolicy:
     )
 
 
-class MaiClient:
+class StepDriver:
+    """What both drivers share: settings, credentials, retry policy, the calls' steps, the pacers.
+
+    :class:`MaiClient` and :class:`~airflow_provider_mai.client.async_core.AsyncMaiClient` differ only
+    in how they perform a step (blocking, or awaited); the steps and every rule behind them are
+    built here, once.
+    """
+
+    def __init__(
+        self,
+        settings: MaiSettings,
+        *,
+        credential: TokenCredential | None = None,
+        log: Any = None,
+        on_secret: Callable[[str], None] | None = None,
+        pacer_factory: Callable[[str], Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.credentials = Credentials(settings, credential=credential, on_secret=on_secret)
+        self.retry_policy = retry_policy(settings)
+        self.log = log or logging.getLogger(__name__)
+        self._pacer_factory = pacer_factory
+        self._pacers: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(endpoint={self.settings.endpoint!r})"
+
+    @staticmethod
+    def user_agent() -> str:
+        """The User-Agent both transports send."""
+        from airflow_provider_mai import __version__
+
+        return f"airflow-provider-mai/{__version__}"
+
+    def _image_call(self, request: ImageRequest) -> Call:
+        return image_call(
+            request,
+            self.settings,
+            self.retry_policy,
+            self.log,
+            token_refreshable=self.credentials.refreshable,
+        )
+
+    def _exchange_arguments(self, step: Send, headers: dict[str, str]) -> dict[str, Any]:
+        """The keyword arguments of either transport's ``exchange`` for one Send step."""
+        http = step.request
+        return {
+            "headers": headers,
+            "timeout": step.timeout,
+            "connect_timeout": step.connect_timeout,
+            "max_body": step.max_body,
+            "verify": self.settings.ca_bundle or True,
+            "json_body": http.json_body,
+            "form": http.form,
+            "files": http.files,
+        }
+
+    def _reserve(self, deployment: str) -> Any:
+        """Seconds until ``deployment``'s next send slot, or the PacingStateError that stopped it."""
+        from airflow_provider_mai.client.pacing.file_schedule import PacingStateError, RequestPacer
+
+        pacer = self._pacers.get(deployment)
+        if pacer is None:
+            key = f"{self.settings.endpoint}|{deployment}"
+            if self._pacer_factory is not None:
+                pacer = self._pacer_factory(key)
+            else:
+                pacer = RequestPacer(key, self.settings.rpm or 0, self.settings.rpm_state_dir)
+            self._pacers[deployment] = pacer
+        try:
+            return pacer.reserve()
+        except PacingStateError as exc:
+            return exc
+
+
+class MaiClient(StepDriver):
     """Sends image requests to one MAI endpoint: auth, pacing, one request path, retries, parsing.
 
     :param settings: the connection, read and checked (:class:`~.settings.MaiSettings`).
@@ -77,24 +154,17 @@ class MaiClient:
         on_secret: Callable[[str], None] | None = None,
         pacer_factory: Callable[[str], Any] | None = None,
     ) -> None:
-        self.settings = settings
-        self.credentials = Credentials(settings, credential=credential, on_secret=on_secret)
-        self.retry_policy = retry_policy(settings)
+        super().__init__(
+            settings, credential=credential, log=log, on_secret=on_secret, pacer_factory=pacer_factory
+        )
         self._sleep = sleep
-        self.log = log or logging.getLogger(__name__)
-        self._pacer_factory = pacer_factory
-        self._pacers: dict[str, Any] = {}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(endpoint={self.settings.endpoint!r})"
 
     @cached_property
     def session(self) -> requests.Session:
         """The pooled HTTP session (keep-alive across calls)."""
-        from airflow_provider_mai import __version__
         from airflow_provider_mai.client.transport.sync import new_session
 
-        return new_session(f"airflow-provider-mai/{__version__}")
+        return new_session(self.user_agent())
 
     def close(self) -> None:
         """Close pooled connections."""
@@ -105,14 +175,7 @@ class MaiClient:
 
     def send(self, request: ImageRequest) -> MaiImage:
         """Send a (validated) request, retrying what can succeed; the image, or the mapped error."""
-        steps = image_call(
-            request,
-            self.settings,
-            self.retry_policy,
-            self.log,
-            token_refreshable=self.credentials.refreshable,
-        )
-        result: MaiImage = self._drive(steps)
+        result: MaiImage = self._drive(self._image_call(request))
         return result
 
     def probe(self, deployment: str) -> MaiError | None:
@@ -127,7 +190,7 @@ class MaiClient:
 
     # -- performing the steps -------------------------------------------------------------------
 
-    def _drive(self, steps: Generator[Step, Any, Any]) -> Any:
+    def _drive(self, steps: Call) -> Any:
         outcome: Any = None
         while True:
             try:
@@ -153,36 +216,11 @@ class MaiClient:
         from airflow_provider_mai.client.transport import TransportError
         from airflow_provider_mai.client.transport.sync import exchange
 
-        http = step.request
         try:
             return exchange(
                 self.session,
-                self.settings.endpoint + http.path,
-                headers=self.credentials.headers(),
-                timeout=step.timeout,
-                connect_timeout=step.connect_timeout,
-                max_body=step.max_body,
-                verify=self.settings.ca_bundle or True,
-                json_body=http.json_body,
-                form=http.form,
-                files=http.files,
+                self.settings.endpoint + step.request.path,
+                **self._exchange_arguments(step, self.credentials.headers()),
             )
         except TransportError as exc:
-            return exc
-
-    def _reserve(self, deployment: str) -> Any:
-        """Seconds until ``deployment``'s next send slot, or the PacingStateError that stopped it."""
-        from airflow_provider_mai.client.pacing.file_schedule import PacingStateError, RequestPacer
-
-        pacer = self._pacers.get(deployment)
-        if pacer is None:
-            key = f"{self.settings.endpoint}|{deployment}"
-            if self._pacer_factory is not None:
-                pacer = self._pacer_factory(key)
-            else:
-                pacer = RequestPacer(key, self.settings.rpm or 0, self.settings.rpm_state_dir)
-            self._pacers[deployment] = pacer
-        try:
-            return pacer.reserve()
-        except PacingStateError as exc:
             return exc

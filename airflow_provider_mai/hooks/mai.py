@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseHook
 
 from airflow_provider_mai.client.settings import MaiSettings
-from airflow_provider_mai.exceptions import MaiConfigurationError, MaiError
+from airflow_provider_mai.exceptions import MaiError
 from airflow_provider_mai.models import EditRequest, GenerateRequest, MaiImage
 
 if TYPE_CHECKING:
@@ -104,34 +104,15 @@ class MaiHook(BaseHook):
         from airflow.sdk.exceptions import AirflowNotFoundException
         from airflow.sdk.log import mask_secret
 
-        from airflow_provider_mai.client.pacing.file_schedule import RequestPacer
-        from airflow_provider_mai.client.pacing.redis_schedule import (
-            RedisRequestPacer,
-            redis_url_from_connection,
-        )
+        from airflow_provider_mai.client.pacing.redis_schedule import pacer_factory, undefined_connection
 
         try:
             redis_conn = self.get_connection(redis_conn_id)
         except AirflowNotFoundException:
-            raise MaiConfigurationError(
-                f"connection {self.mai_conn_id!r}: extra rpm_redis_conn_id names {redis_conn_id!r}, which "
-                "is not defined: create that Redis connection (type redis: host, port, password, extra db)"
-            ) from None
+            raise undefined_connection(s) from None
         if redis_conn.password:
             mask_secret(redis_conn.password)
-        url = redis_url_from_connection(redis_conn)
-
-        def pacer(key: str) -> RedisRequestPacer:
-            return RedisRequestPacer(
-                key,
-                rpm,
-                url,
-                fallback=RequestPacer(key, rpm, s.rpm_state_dir),
-                conn_id=redis_conn_id,
-                logger=self.log,
-            )
-
-        return pacer
+        return pacer_factory(s, redis_conn, self.log)
 
     def generate_request(
         self,

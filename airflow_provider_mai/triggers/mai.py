@@ -38,20 +38,35 @@ _MAX_MARKED_ATTEMPTS = 1000
 
 
 async def send_request(settings: MaiSettings, request: ImageRequest, logger: Any) -> MaiImage:
-    """The one seam to the client. Stand-in until the asyncio client lands: the sync client, off
-    the event loop (same rules, same errors)."""
+    """The one seam to the client: the asyncio client, on the triggerer's event loop (the sync
+    client's rules and errors; a new token is fetched, and masked, in a thread)."""
     from airflow.sdk.log import mask_secret
 
-    from airflow_provider_mai.client import MaiClient
+    from airflow_provider_mai.client.async_core import AsyncMaiClient
 
-    def run() -> MaiImage:
-        client = MaiClient(settings, log=logger, on_secret=mask_secret)
-        try:
-            return client.send(request)
-        finally:
-            client.close()
+    pacers = await _redis_pacers(settings, logger)
+    async with AsyncMaiClient(settings, log=logger, on_secret=mask_secret, pacer_factory=pacers) as client:
+        return await client.send(request)
 
-    return await asyncio.to_thread(run)
+
+async def _redis_pacers(settings: MaiSettings, logger: Any) -> Any:
+    """With ``rpm`` and ``rpm_redis_conn_id``, the Redis schedules the workers share (as the hook
+    builds them); else None: this host's file schedule."""
+    if not (settings.rpm and settings.rpm_redis_conn_id):
+        return None
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+    from airflow.sdk.log import mask_secret
+
+    from airflow_provider_mai.client.pacing.redis_schedule import pacer_factory, undefined_connection
+
+    try:
+        redis_conn = await BaseHook.aget_connection(settings.rpm_redis_conn_id)
+    except AirflowNotFoundException:
+        raise undefined_connection(settings) from None
+    if redis_conn.password:
+        await asyncio.to_thread(mask_secret, redis_conn.password)
+    return pacer_factory(settings, redis_conn, logger)
 
 
 def error_payload(exc: BaseException) -> dict[str, Any]:

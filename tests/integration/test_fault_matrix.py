@@ -1,10 +1,12 @@
-"""The fault matrix: every way the service or the network can fail, through the operator, over real HTTP.
+"""The fault matrix: every way the service or the network can fail, over real HTTP, both transports.
 
-Each row injects faults into the emulator, runs ``MaiGenerateImageOperator`` with an output folder
-and checks four things: how many attempts reached the server, how long the hook chose to wait
-(its sleep is recorded, not slept, so the suite stays fast and the figure is exact), the outcome
-(a result, or a ``MaiError`` with the status and attempt count), and what is left in the output
-folder: a complete PNG and its sidecar after a success, nothing at all after a failure."""
+Each row injects faults into the emulator, then sends: through ``MaiGenerateImageOperator`` with an
+output folder (the sync transport) and through the asyncio client as the trigger sends (the async
+one). It checks four things: how many attempts reached the server, how long the client chose to
+wait (its sleep is recorded, not slept, so the suite stays fast and the figure is exact), the
+outcome (a result, or a ``MaiError`` with the status and attempt count), and, for the operator,
+what is left in the output folder: a complete PNG and its sidecar after a success, nothing at all
+after a failure."""
 
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from airflow_provider_mai.exceptions import (
     MaiTransientError,
 )
 from airflow_provider_mai.hooks.mai import MaiHook
+from airflow_provider_mai.models import GenerateRequest
 from airflow_provider_mai.operators.mai import MaiGenerateImageOperator
 from airflow_provider_mai.validation import png_size
 from tests.support.helpers import files_in, task_context
@@ -143,35 +146,45 @@ def _context() -> dict:
     return task_context("generate", dag_id="faults")
 
 
-def recording(op: MaiGenerateImageOperator) -> list[float]:
-    """Give the operator a hook whose waits are recorded, not slept; return the record."""
-    waits: list[float] = []
-    op.hook = MaiHook(op.mai_conn_id, sleep=waits.append)
-    return waits
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_fault_matrix(connect, emulator, tmp_path, case: Case):
-    connect(extra={"max_retries": MAX_RETRIES, **case.extra})
-    for fault, times in case.faults:
-        emulator.inject(_resolve(fault), times=times)
-    output = tmp_path / "out"
+def _run_operator(output: Path, waits: list[float]) -> None:
+    """The sync transport, through the operator: a complete PNG and sidecar, or nothing at all."""
     op = MaiGenerateImageOperator(
         task_id="generate", prompt="a lighthouse", width=768, height=768, output_path=f"{output}/"
     )
-    waits = recording(op)
+    op.hook = MaiHook(op.mai_conn_id, sleep=waits.append)
+    try:
+        result = op.execute(_context())
+    except MaiError:
+        assert files_in(output) == []  # nothing written: no PNG, no sidecar, no temp file
+        raise
+    png = Path(result["uri"].removeprefix("file://")).read_bytes()
+    assert png_size(png) == (768, 768)
+    assert hashlib.sha256(png).hexdigest() == result["sha256"]
+    sidecar = json.loads(Path(result["sidecar_uri"].removeprefix("file://")).read_text())
+    assert sidecar["sha256"] == result["sha256"]
+    assert len(files_in(output)) == 2  # the PNG and its sidecar: no temp files left behind
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_fault_matrix(connect, emulator, tmp_path, transport, case: Case):
+    conn_id = connect(extra={"max_retries": MAX_RETRIES, **case.extra})
+    for fault, times in case.faults:
+        emulator.inject(_resolve(fault), times=times)
+    waits: list[float] = []
+
+    def run() -> None:
+        if transport.name == "sync":
+            _run_operator(tmp_path / "out", waits)
+            return
+        request = GenerateRequest("a lighthouse", 768, 768, deployment="mai-image-2")
+        image = transport.send(conn_id, request, sleep=waits.append)
+        assert png_size(image.png) == (768, 768)
 
     if case.error is None:
-        result = op.execute(_context())
-        png = Path(result["uri"].removeprefix("file://")).read_bytes()
-        assert png_size(png) == (768, 768)
-        assert hashlib.sha256(png).hexdigest() == result["sha256"]
-        sidecar = json.loads(Path(result["sidecar_uri"].removeprefix("file://")).read_text())
-        assert sidecar["sha256"] == result["sha256"]
-        assert len(files_in(output)) == 2  # the PNG and its sidecar: no temp files left behind
+        run()
     else:
         with pytest.raises(case.error) as info:
-            op.execute(_context())
+            run()
         error = info.value
         assert error.attempts == case.attempts
         if case.status is not None:
@@ -179,7 +192,6 @@ def test_fault_matrix(connect, emulator, tmp_path, case: Case):
         assert isinstance(error, AirflowFailException) == isinstance(error, PERMANENT)
         if case.attempts > 1:
             assert f"{case.attempts} attempt" in str(error)
-        assert files_in(output) == []  # nothing written: no PNG, no sidecar, no temp file
 
     assert len(emulator.requests) == case.attempts
     assert len(waits) == case.attempts - 1
@@ -187,23 +199,20 @@ def test_fault_matrix(connect, emulator, tmp_path, case: Case):
     assert low <= sum(waits) <= high, waits
 
 
-def test_connection_refused_is_retried_then_reported_and_nothing_written(connect, free_port, tmp_path):
-    connect(host=f"http://127.0.0.1:{free_port}", extra={"max_retries": 2})
-    op = MaiGenerateImageOperator(task_id="generate", prompt="x", output_path=f"{tmp_path}/out/")
-    waits = recording(op)
-    with pytest.raises(MaiTransientError) as info:
-        op.execute(_context())
-    assert info.value.attempts == 3
+def test_connection_refused_is_retried_then_reported(connect, free_port, transport):
+    conn_id = connect(host=f"http://127.0.0.1:{free_port}", extra={"max_retries": 2})
+    waits: list[float] = []
+    with pytest.raises(MaiTransientError, match="connection refused") as info:
+        transport.send(conn_id, sleep=waits.append)
+    assert info.value.attempts == 3 and not info.value.possibly_billed
     assert len(waits) == 2
     assert "3 attempt" in str(info.value)
-    assert files_in(tmp_path / "out") == []
 
 
-def test_retry_after_is_capped_so_a_hostile_hint_cannot_park_a_worker(connect, emulator, tmp_path):
-    connect()
+def test_retry_after_is_capped_so_a_hostile_hint_cannot_park_a_worker(connect, emulator, transport):
+    conn_id = connect()
     emulator.inject(Fault(status=429, retry_after=86_400))
-    op = MaiGenerateImageOperator(task_id="generate", prompt="x", width=768, height=768)
-    waits = recording(op)
-    op.execute(_context())
+    waits: list[float] = []
+    transport.send(conn_id, sleep=waits.append)
     assert len(waits) == 1
     assert 300.0 <= waits[0] <= 301.0

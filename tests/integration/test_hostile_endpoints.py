@@ -1,4 +1,5 @@
-"""A hostile endpoint, row by row: what the client must survive, through the hook and the operator."""
+"""A hostile endpoint, row by row: what the client must survive, through the hook and the operator
+(the sync transport) and through the asyncio client (the async transport, as the trigger sends)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from tests.support.connections import API_KEY
 from tests.support.helpers import SleepRecorder, files_in, task_context
 from tests.support.hostile_answers import Answer, bomb, drip, head_then
 from tests.support.servers import RawServer, http_answer
+from tests.support.transports import Transport
 
 #: A drip row's connection: a one-second deadline, one attempt.
 DRIP = {"timeout": 1, "max_retries": 0}
@@ -142,6 +144,9 @@ def other_host():
 
 
 def _call(via: str, conn_id: str, tmp_path, recorder: SleepRecorder) -> None:
+    if via == "async":
+        Transport("async").send(conn_id, sleep=recorder)
+        return
     if via == "hook":
         MaiHook(conn_id, sleep=recorder).generate_image("a prompt", width=768, height=768)
         return
@@ -153,7 +158,7 @@ def _call(via: str, conn_id: str, tmp_path, recorder: SleepRecorder) -> None:
     op.execute(task_context("generate"))
 
 
-@pytest.mark.parametrize("via", ["hook", "operator"])
+@pytest.mark.parametrize("via", ["hook", "operator", "async"])
 @pytest.mark.parametrize("row", ROWS.values(), ids=ROWS.keys())
 def test_hostile_endpoint(connect, other_host, tmp_path, capfd, via, row: Row):
     with RawServer(row.answer) as server:
@@ -181,11 +186,11 @@ def test_hostile_endpoint(connect, other_host, tmp_path, capfd, via, row: Row):
         assert elapsed < row.within, f"took {elapsed:.1f} s"
 
 
-def test_a_redirect_is_permanent_for_airflow_too(connect, other_host):
+def test_a_redirect_is_permanent_for_airflow_too(connect, other_host, transport):
     from airflow.sdk.exceptions import AirflowFailException
 
     with RawServer(redirect(307)) as server, pytest.raises(MaiConfigurationError) as info:
-        MaiHook(connect(host=server.url)).generate_image("x", width=768, height=768)
+        transport.send(connect(host=server.url))
     assert isinstance(info.value, AirflowFailException)
     assert info.value.status_code == 307
     assert "set the connection host" in str(info.value)

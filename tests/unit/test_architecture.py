@@ -1,4 +1,5 @@
-"""The house's rules, checked: the client runs without Airflow, no import circles, one result record."""
+"""The house's rules, checked: the client (both drivers) runs without Airflow, no import circles, one
+result record."""
 
 from __future__ import annotations
 
@@ -100,17 +101,20 @@ def test_no_import_circles_not_even_for_type_hints():
             visit(node, [])
 
 
+#: Code that makes ``import airflow`` fail in a child interpreter, as where Airflow is not installed.
+NO_AIRFLOW = (
+    "import sys\n"
+    "class NoAirflow:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name == 'airflow' or name.startswith('airflow.'):\n"
+    "            raise ImportError('Airflow is not installed here')\n"
+    "sys.meta_path.insert(0, NoAirflow())\n"
+)
+
+
 def test_the_client_generates_an_image_with_airflow_unimportable(emulator):
-    code = textwrap.dedent(
+    code = NO_AIRFLOW + textwrap.dedent(
         f"""
-        import sys
-
-        class NoAirflow:
-            def find_spec(self, name, path=None, target=None):
-                if name == "airflow" or name.startswith("airflow."):
-                    raise ImportError("Airflow is not installed here")
-
-        sys.meta_path.insert(0, NoAirflow())
         from airflow_provider_mai.client import MaiClient
         from airflow_provider_mai.exceptions import MaiError
         from airflow_provider_mai.models import GenerateRequest
@@ -123,12 +127,47 @@ def test_the_client_generates_an_image_with_airflow_unimportable(emulator):
         image = MaiClient(settings).send(request)
         base = MaiError.__mro__[1].__name__
         print(image.width, image.height, image.attempts, "airflow" in sys.modules, base)
+
+        import asyncio
+        from airflow_provider_mai.client.async_core import AsyncMaiClient
+
+        async def main():
+            async with AsyncMaiClient(settings) as client:
+                return await client.send(request)
+
+        image = asyncio.run(main())
+        print(image.width, image.height, image.attempts, "airflow" in sys.modules)
         """
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["768", "768", "1", "False", "AirflowException"]
-    assert len(emulator.requests) == 1
+    assert result.stdout.split() == [
+        "768",
+        "768",
+        "1",
+        "False",
+        "AirflowException",
+        "768",
+        "768",
+        "1",
+        "False",
+    ]
+    assert len(emulator.requests) == 2
+
+
+def test_importing_the_client_loads_no_http_library():
+    # The transports import requests or httpx when they first send: a client built and never used
+    # costs neither. (Airflow itself loads httpx, so it is kept out here.)
+    code = NO_AIRFLOW + textwrap.dedent(
+        """
+        import airflow_provider_mai.client, airflow_provider_mai.client.async_core
+        print(",".join(m for m in ("requests", "urllib3", "httpx") if m in sys.modules) or "none")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip() == "none"
 
 
 def _targets(target: str) -> set[str]:

@@ -32,11 +32,12 @@ import socket
 import time
 from collections.abc import Callable
 from functools import cache
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_provider_mai.client.pacing.file_schedule import (
     SAFETY_MARGIN,
     PacingStateError,
+    RequestPacer,
     max_wait_seconds,
 )
 from airflow_provider_mai.client.pacing.redis_rules import (
@@ -58,6 +59,9 @@ from airflow_provider_mai.client.pacing.redis_rules import (
 )
 from airflow_provider_mai.exceptions import MaiConfigurationError
 
+if TYPE_CHECKING:
+    from airflow_provider_mai.client.settings import MaiSettings
+
 log = logging.getLogger(__name__)
 
 
@@ -78,6 +82,36 @@ def redis_url_from_connection(conn: Any) -> str:
         extra=conn.extra_dejson,
         conn_id=getattr(conn, "conn_id", None),
     )
+
+
+def undefined_connection(settings: MaiSettings) -> MaiConfigurationError:
+    """The error of an ``rpm_redis_conn_id`` that names no connection."""
+    return MaiConfigurationError(
+        f"connection {settings.conn_id!r}: extra rpm_redis_conn_id names {settings.rpm_redis_conn_id!r}, "
+        "which is not defined: create that Redis connection (type redis: host, port, password, extra db)"
+    )
+
+
+def pacer_factory(
+    settings: MaiSettings, redis_conn: Any, logger: Any = None
+) -> Callable[[str], RedisRequestPacer]:
+    """The send-slot schedules of ``settings.rpm`` held in the Redis server ``redis_conn`` (an
+    Airflow connection, read by the caller: the hook, or the trigger) - and in this host's file
+    schedule while Redis fails. What a client's ``pacer_factory`` takes, for both clients."""
+    url = redis_url_from_connection(redis_conn)
+    rpm = float(settings.rpm or 0)
+
+    def pacer(key: str) -> RedisRequestPacer:
+        return RedisRequestPacer(
+            key,
+            rpm,
+            url,
+            fallback=RequestPacer(key, rpm, settings.rpm_state_dir),
+            conn_id=settings.rpm_redis_conn_id,
+            logger=logger,
+        )
+
+    return pacer
 
 
 class _Budget:

@@ -22,8 +22,13 @@ def content_length(headers: Mapping[str, str]) -> int | None:
         return None
     text = text.strip()
     if not text or len(text) > 19 or not text.isascii() or not text.isdigit():
-        raise TransportError("the answer's Content-Length is not a number", sent=True, kind="broken")
+        raise bad_length()
     return int(text)
+
+
+def bad_length() -> TransportError:
+    """The error of an answer whose ``Content-Length`` is not a number."""
+    return TransportError("the answer's Content-Length is not a number", sent=True, kind="broken")
 
 
 def _decoder(encoding: str) -> Any:
@@ -71,6 +76,11 @@ def cut_off(received: int, length: int) -> TransportError:
     return TransportError(
         f"the answer was cut off after {received:,} of {length:,} bytes", sent=True, kind="dropped"
     )
+
+
+def ended_early() -> TransportError:
+    """The error of an answer whose connection closed before its announced length (counts unknown)."""
+    return TransportError("the answer was cut off before its announced end", sent=True, kind="dropped")
 
 
 class BodyReader:

@@ -35,13 +35,15 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from airflow_provider_mai.client.transport import (
-    ACCEPT_ENCODING,
     MAX_ERROR_BODY,
+    POOL_SIZE,
     READ_CHUNK,
     Answer,
     TransportError,
+    base_headers,
+    environment_route,
 )
-from airflow_provider_mai.client.transport.body import BodyReader, cut_off
+from airflow_provider_mai.client.transport.body import BodyReader, cut_off, ended_early
 
 _current = threading.local()
 
@@ -187,7 +189,7 @@ class _Adapter(HTTPAdapter):
     """Pools connections (retries are the client's, so urllib3 makes none) with watched connections."""
 
     def __init__(self) -> None:
-        super().__init__(pool_connections=1, pool_maxsize=16, max_retries=0)
+        super().__init__(pool_connections=1, pool_maxsize=POOL_SIZE, max_retries=0)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
@@ -205,25 +207,13 @@ def _no_netrc(request: requests.PreparedRequest) -> requests.PreparedRequest:
     return request
 
 
-_CREDENTIAL_HEADERS = frozenset({"api-key", "authorization"})
-
-
-def _key_in_clear_text(url: str, headers: Mapping[str, str]) -> bool:
-    """A credential over plain http (accepted for loopback endpoints only, see settings): it goes
-    straight to the endpoint, never through an environment proxy that would read it. Keyless plain
-    http (an opted-in web input) still follows the environment's proxies."""
-    return url.startswith("http://") and any(name.lower() in _CREDENTIAL_HEADERS for name in headers)
-
-
 def new_session(user_agent: str) -> requests.Session:
     """A pooled session: watched connections, no redirects followed, proxies from the environment."""
     session = requests.Session()
     adapter = _Adapter()
     session.mount("https://", adapter)
     session.mount("http://", adapter)
-    session.headers.update(
-        {"User-Agent": user_agent, "Accept": "application/json", "Accept-Encoding": ACCEPT_ENCODING}
-    )
+    session.headers.update(base_headers(user_agent))
     return session
 
 
@@ -262,14 +252,14 @@ def exchange(
                 method, url, headers=dict(headers), json=json_body, data=form, files=files, auth=_no_netrc
             )
         )
-        env = session.merge_environment_settings(prepared.url, {}, True, verify, None)
-        response = session.get_adapter(prepared.url or url).send(
+        target = prepared.url or url
+        proxy, cas = environment_route(target, headers, verify)
+        response = session.get_adapter(target).send(
             prepared,
             stream=True,
             timeout=(min(connect_timeout, timeout), timeout),
-            verify=env["verify"] if env["verify"] is not None else True,
-            cert=env["cert"],
-            proxies={} if _key_in_clear_text(prepared.url or url, headers) else env["proxies"],
+            verify=cas,
+            proxies={"all": proxy} if proxy else {},
         )
         ok = response.status_code == 200
         body, complete = _read_body(
@@ -314,7 +304,7 @@ def _broken_exchange(exc: BaseException, attempt: _Attempt) -> TransportError:
     if not attempt.sent and _caused_by(exc, urllib3.exceptions.NewConnectionError):
         return TransportError("connection refused", sent=False, kind="connect")
     if _caused_by(exc, http.client.IncompleteRead, urllib3.exceptions.IncompleteRead):
-        return TransportError("the answer was cut off before its announced end", sent=True, kind="dropped")
+        return ended_early()
     what = "after the request was sent" if attempt.sent else "while sending the request"
     return TransportError(
         f"the connection broke {what} ({type(exc).__name__})", sent=attempt.sent, kind="dropped"

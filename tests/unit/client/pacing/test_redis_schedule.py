@@ -411,3 +411,46 @@ def test_an_undefined_redis_connection_is_a_configuration_error(connect, emulato
     with pytest.raises(MaiConfigurationError, match="'no_such_redis', which is not defined"):
         hook.generate_image("x", width=768, height=768)
     assert emulator.requests == []
+
+
+# -- through the trigger (the asyncio client: the same pacers, run in a thread) --------------------
+def _trigger_event(conn_id: str, tmp_path: Path) -> dict:
+    import asyncio
+
+    from airflow_provider_mai.models import GenerateRequest
+    from airflow_provider_mai.triggers.mai import MaiImageTrigger
+
+    request = GenerateRequest("paced", 768, 768, deployment="mai-image-2")
+    trigger = MaiImageTrigger(
+        mai_conn_id=conn_id,
+        operation="generate",
+        deployment=request.deployment,
+        prompt=request.prompt,
+        width=768,
+        height=768,
+        output_uri=str(tmp_path / "paced.png"),
+        fingerprint=request.fingerprint,
+    )
+
+    async def first() -> dict:
+        return (await anext(trigger.run())).payload
+
+    return asyncio.run(first())
+
+
+def test_trigger_paces_through_redis_when_the_connection_names_it(
+    connect, emulator, monkeypatch, redis_url, redis_client, tmp_path
+):
+    redis_conn = redis_connection(monkeypatch, redis_url)
+    event = _trigger_event(connect(extra={"rpm": 6, "rpm_redis_conn_id": redis_conn}), tmp_path)
+    assert event["status"] == "success", event
+    assert len(emulator.requests) == 1
+    redis_client.select(1)  # the schedule the workers' hooks use, in the connection's database
+    assert len(redis_client.keys("airflow-provider-mai:slots:*")) == 1
+
+
+def test_trigger_with_an_undefined_redis_connection_fails_clearly(connect, emulator, tmp_path):
+    event = _trigger_event(connect(extra={"rpm": 30, "rpm_redis_conn_id": "no_such_redis"}), tmp_path)
+    assert event["status"] == "error" and event["error"] == "MaiConfigurationError"
+    assert "'no_such_redis', which is not defined" in event["message"]
+    assert emulator.requests == []
