@@ -282,7 +282,10 @@ def configure(stack: Stack, within: float, connections: Sequence[dict[str, Any]]
     if mine:
         notes.append(f"your connections: {', '.join(sorted(mine))}")
     slots = int(setting("POOL_SLOTS", "6"))
-    api.put_pool(POOL, slots, "MAI image deployment quota (stack: scaled latency)")
+    # A quota pool counts deferred tasks too: without include_deferred a deferrable task leaves its
+    # slot while its request is in flight, and the pool would no longer bound requests in flight
+    # (the connection's rpm pacing, which runs in the trigger as well, still would).
+    api.put_pool(POOL, slots, "MAI image deployment quota (stack: scaled latency)", include_deferred=True)
 
     def parsed() -> str | None:
         missing = [d for d in ("mai_product_batch", "mai_daily_campaign") if not api.dag_exists(d)]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -154,6 +155,51 @@ def stray_files(folder: Path) -> list[Path]:
         for p in folder.rglob("*")
         if p.is_file() and (p.name.startswith(".") or p.suffix not in (".png", ".json"))
     ]
+
+
+def kill_process_tree(process: processes.Process) -> list[processes.Process]:
+    """Freeze a component's whole process tree (so nothing forks meanwhile), then SIGKILL all of it,
+    as when its host or pod dies; the processes killed."""
+    frozen: dict[int, processes.Process] = {}
+    for _ in range(20):  # bounded: look again for children forked before their parent froze
+        new = [p for p in processes.process_tree(process.pid) if p.pid not in frozen]
+        if not new:
+            break
+        for p in new:
+            p.signal(signal.SIGSTOP)
+            frozen[p.pid] = p
+    for p in frozen.values():
+        p.signal(signal.SIGKILL)
+    assert processes.all_ended(list(frozen.values()), 10)
+    return list(frozen.values())
+
+
+def metadata_rows(stack: state.Stack, query: str, *params: Any) -> list[tuple]:
+    """Rows of a query on the stack's metadata database (PostgreSQL)."""
+    import psycopg2
+
+    connection = psycopg2.connect(
+        host=config.LOOPBACK,
+        port=stack.ports["postgres"],
+        user="airflow",
+        dbname="airflow",
+        password=stack.secrets["postgres_password"],
+        connect_timeout=3,
+    )
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(query, params)
+            return list(cursor.fetchall())
+    finally:
+        connection.close()
+
+
+def task_log_text(stack: state.Stack, dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
+    """Every log file of a task instance, all tries, the triggerer's part included (it writes
+    ``attempt=N.log.trigger.<job>.log`` beside the worker's ``attempt=N.log``)."""
+    folder = stack.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+    folder = folder / f"map_index={map_index}" if map_index >= 0 else folder
+    return "\n".join(p.read_text(errors="replace") for p in sorted(folder.glob("attempt=*")) if p.is_file())
 
 
 def instant(text: str) -> datetime:
