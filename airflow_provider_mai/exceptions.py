@@ -136,6 +136,18 @@ class MaiTransientError(MaiError):
     retryable = True
 
 
+class MaiUnfinishedRequestError(MaiTransientError, AirflowFailException):
+    """A deferred request that an earlier run of its trigger sent and never finished (a triggerer
+    restart, a handover, a killed trigger), not sent again because the connection sets
+    ``retry_sent_requests=false``: the service may have made and billed that image.
+
+    A :class:`MaiTransientError` with ``possibly_billed`` set, as the synchronous mode raises for a
+    request sent and left unanswered; it fails the task at once (no task retry sends it again).
+    """
+
+    retryable = False
+
+
 class MaiRateLimitError(MaiTransientError):
     """The deployment's requests-per-minute quota was exceeded (429) on every attempt."""
 

@@ -16,6 +16,7 @@ request is sent.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -345,6 +346,49 @@ def write_image(path: ObjectStoragePath, png: bytes, record: ImageRecord, *, exc
         raise MaiConfigurationError(f"cannot write the image to {path}: permission denied") from exc
     except OSError as exc:
         raise MaiConfigurationError(f"cannot write the image to {path}: {exc.strerror or exc}") from exc
+
+
+#: The in-flight marker of a PNG: hidden, and ending in neither ``.png`` nor ``.json``, so no
+#: listing of images or sidecars (a ``*.png`` glob, reuse, the gallery) ever takes it for one.
+INFLIGHT_SUFFIX = ".inflight"
+#: A marker is a few hundred bytes; anything longer is not one of ours.
+_MAX_MARKER_BYTES = 64 * 1024
+
+
+def inflight_path(png_path: ObjectStoragePath) -> ObjectStoragePath:
+    """Where the in-flight marker of the request writing ``png_path`` lives: ``.<name>.inflight``."""
+    return png_path.parent / f".{png_path.name}{INFLIGHT_SUFFIX}"
+
+
+def write_inflight(png_path: ObjectStoragePath, marker: dict[str, Any]) -> None:
+    """Write (or replace) the in-flight marker of ``png_path``: small JSON, complete or absent
+    (a local temporary file renamed; one put on an object store)."""
+    try:
+        _write(inflight_path(png_path), json.dumps(marker, sort_keys=True).encode())
+    except PermissionError as exc:
+        raise MaiConfigurationError(f"cannot write beside {png_path}: permission denied") from exc
+    except OSError as exc:
+        raise MaiConfigurationError(f"cannot write beside {png_path}: {exc.strerror or exc}") from exc
+
+
+def read_inflight(png_path: ObjectStoragePath) -> dict[str, Any] | None:
+    """The in-flight marker of ``png_path``, or None when there is none (or it is not one of ours:
+    unreadable, too long, not a JSON object - a leftover to be replaced, never trusted)."""
+    try:
+        with inflight_path(png_path).open("rb") as handle:
+            data = handle.read(_MAX_MARKER_BYTES + 1)
+        if len(data) > _MAX_MARKER_BYTES:
+            return None
+        marker = json.loads(data)
+    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def remove_inflight(png_path: ObjectStoragePath) -> None:
+    """Remove the in-flight marker of ``png_path`` (none there is fine)."""
+    with contextlib.suppress(FileNotFoundError):
+        inflight_path(png_path).unlink()  # one DELETE on an object store
 
 
 def store_image(

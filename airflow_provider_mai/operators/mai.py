@@ -153,6 +153,20 @@ class MaiBaseImageOperator(BaseOperator):
                 "deferrable=True needs the edit input as a location (a path, a URI or an upstream result "
                 "with a uri): image bytes are not stored in the trigger's kwargs"
             )
+        existing_sha256 = None
+        if self.if_exists == "overwrite":
+            # The image asked to be replaced may answer this very request: the trigger must not
+            # return it as its result (only an image written after deferral, by a restarted trigger).
+            from airflow_provider_mai import storage
+
+            settings = self.hook.settings
+            existing, _why = storage.find_reusable(
+                location,
+                request.fingerprint,
+                endpoint=settings.endpoint,
+                max_bytes=settings.max_response_bytes,
+            )
+            existing_sha256 = existing.sha256 if existing is not None else None
         trigger = MaiImageTrigger(
             mai_conn_id=self.mai_conn_id,
             operation=request.operation,
@@ -165,6 +179,7 @@ class MaiBaseImageOperator(BaseOperator):
             extra_params=dict(request.extra_params),
             source_image=source,
             exclusive=self.if_exists == "fail",
+            existing_sha256=existing_sha256,
         )
         self.log.info("Deferring: the triggerer sends the request and writes %s", location)
         self.defer(trigger=trigger, method_name="execute_complete", timeout=self.execution_timeout)

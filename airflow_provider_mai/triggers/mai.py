@@ -11,17 +11,25 @@ the event loop) and ONE small event comes back: the record, or the error to rais
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
     from airflow_provider_mai.client.settings import MaiSettings
     from airflow_provider_mai.models import ImageRequest, MaiImage
 
 log = logging.getLogger(__name__)
+#: The most attempts an in-flight marker is believed to record (it is read back from storage).
+_MAX_MARKED_ATTEMPTS = 1000
 
 
 async def send_request(settings: MaiSettings, request: ImageRequest, logger: Any) -> MaiImage:
@@ -95,6 +103,9 @@ class MaiImageTrigger(BaseTrigger):
     :param output_uri: where the PNG goes (the sidecar beside it).
     :param fingerprint: the request fingerprint the worker computed (checked again here).
     :param exclusive: refuse to replace an existing PNG (``if_exists="fail"``).
+    :param existing_sha256: the sha256 of the image at ``output_uri`` that answered this request
+        when the task deferred with ``if_exists="overwrite"``, or None: it was asked to be replaced,
+        so it is never returned as this trigger's result (an image written after deferral is).
     """
 
     def __init__(
@@ -111,6 +122,7 @@ class MaiImageTrigger(BaseTrigger):
         extra_params: dict[str, Any] | None = None,
         source_image: str | None = None,
         exclusive: bool = False,
+        existing_sha256: str | None = None,
     ) -> None:
         super().__init__()
         self.mai_conn_id = mai_conn_id
@@ -124,6 +136,7 @@ class MaiImageTrigger(BaseTrigger):
         self.extra_params = dict(extra_params or {})
         self.source_image = source_image
         self.exclusive = exclusive
+        self.existing_sha256 = existing_sha256
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -140,6 +153,7 @@ class MaiImageTrigger(BaseTrigger):
                 "extra_params": self.extra_params,
                 "source_image": self.source_image,
                 "exclusive": self.exclusive,
+                "existing_sha256": self.existing_sha256,
             },
         )
 
@@ -210,6 +224,7 @@ class MaiImageTrigger(BaseTrigger):
 
     async def _produce(self) -> dict[str, Any]:
         from airflow_provider_mai import storage
+        from airflow_provider_mai.exceptions import MaiError
 
         settings = await self._settings()
         request = await asyncio.to_thread(self._request, settings)
@@ -222,17 +237,94 @@ class MaiImageTrigger(BaseTrigger):
             endpoint=settings.endpoint,
             max_bytes=settings.max_response_bytes,
         )
-        if reused is not None:
+        if reused is not None and reused.sha256 != self.existing_sha256:
             self.log.info("%s already holds this request's image (written before a restart)", location)
             return reused.to_xcom()
-        image = await send_request(settings, request, self.log)
-        record = await asyncio.to_thread(
-            storage.store_image,
-            location,
-            image,
-            request,
-            endpoint=settings.endpoint,
-            exclusive=self.exclusive,
-            log=self.log,
-        )
+        if reused is not None:
+            self.log.info("%s holds the image this task was asked to overwrite; sending", location)
+        # A restart before the write: an earlier run may have sent it (marker), or a crash left a
+        # marker of another request there (replaced). The marker is written before sending and
+        # removed once an outcome is reported; a cancelled run (a killed triggerer) leaves it.
+        earlier = await asyncio.to_thread(self._earlier_attempts, location, settings)
+        await asyncio.to_thread(storage.write_inflight, location, self._marker(earlier + 1))
+        try:
+            image = await send_request(settings, request, self.log)
+            if earlier:
+                image = dataclasses.replace(image, attempts=image.attempts + earlier)
+            record = await asyncio.to_thread(
+                storage.store_image,
+                location,
+                image,
+                request,
+                endpoint=settings.endpoint,
+                exclusive=self.exclusive,
+                log=self.log,
+            )
+        except MaiError as exc:
+            # An outcome with its own accounting (attempts, possibly billed): what happens next is
+            # the task's call (retries, a clear), as in the synchronous mode.
+            exc.attempts += earlier
+            await self._forget(location)
+            raise
+        await self._forget(location)
         return record.to_xcom()
+
+    def _marker(self, attempts: int) -> dict[str, Any]:
+        """The in-flight marker: which request, how many attempts were sent so far, when, from where
+        (no secret: the fingerprint is a hash of the request)."""
+        return {
+            "fingerprint": self.fingerprint,
+            "attempts": attempts,
+            "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
+
+    def _earlier_attempts(self, location: ObjectStoragePath, settings: MaiSettings) -> int:
+        """Attempts that earlier, unfinished runs of this request sent (0: none), after applying
+        the connection's ``retry_sent_requests`` to them. Blocking: run off the event loop."""
+        from airflow_provider_mai import storage
+        from airflow_provider_mai.exceptions import MaiUnfinishedRequestError
+
+        marker = storage.read_inflight(location)
+        if marker is None:
+            return 0
+        if marker.get("fingerprint") != self.fingerprint:
+            self.log.info("%s: replacing an in-flight marker of another request (left by a crash)", location)
+            return 0
+        attempts = marker.get("attempts")
+        # Read from storage, so bounded: at least the one request the marker stands for.
+        earlier = attempts if type(attempts) is int and 0 < attempts <= _MAX_MARKED_ATTEMPTS else 1
+        where = f"from {str(marker.get('host'))[:100]} at {str(marker.get('since'))[:40]}"
+        if not settings.retry_sent_requests:
+            storage.remove_inflight(location)  # reported: clearing the task is a deliberate resend
+            raise MaiUnfinishedRequestError(
+                f"an earlier run of this deferred request for {location} sent it ({earlier} attempt(s), "
+                f"{where}) and did not finish (a triggerer restart or a killed trigger): the service may "
+                "have made (and billed) the image. Not sent again because connection "
+                f"{settings.conn_id!r} sets retry_sent_requests=false; clear the task to send it anyway",
+                attempts=earlier,
+                possibly_billed=True,
+            )
+        self.log.warning(
+            "Sending the MAI request for %s again, possibly billed twice: a previous run of this trigger "
+            "sent it (%d attempt(s), %s) and did not finish (a triggerer restart or a killed trigger); "
+            "connection %r sets retry_sent_requests=true. The earlier attempts count in 'attempts'.",
+            location,
+            earlier,
+            where,
+            settings.conn_id,
+        )
+        return earlier
+
+    async def _forget(self, location: ObjectStoragePath) -> None:
+        """Remove the in-flight marker; a failure is logged, never raised (the outcome stands: a
+        leftover marker only makes a later run of the same request warn before sending)."""
+        from airflow_provider_mai import storage
+
+        try:
+            await asyncio.to_thread(storage.remove_inflight, location)
+        except Exception as exc:  # the store's text may quote a signed URL: name the class only
+            self.log.warning(
+                "Could not remove the in-flight marker beside %s (%s)", location, type(exc).__name__
+            )

@@ -386,3 +386,31 @@ def test_deferrable_with_a_templated_empty_output_path_is_refused_when_run():
     op.output_path = ""  # as the template renders it
     with pytest.raises(MaiValidationError, match="output_path"):
         op.execute(context())
+
+
+@pytest.mark.parametrize("if_exists", ["overwrite", "skip"])
+def test_deferral_names_the_matching_image_an_overwrite_replaces(tmp_path, emulator, if_exists):
+    from airflow.sdk.exceptions import TaskDeferred
+
+    out = str(tmp_path / "fixed.png")
+    before = MaiGenerateImageOperator(task_id="g", prompt="a kite", output_path=out).execute(context())
+    op = MaiGenerateImageOperator(
+        task_id="g", prompt="a kite", output_path=out, if_exists=if_exists, deferrable=True
+    )
+    if if_exists == "skip":  # the match is the result: no deferral at all
+        assert op.execute(context())["reused"]
+        return
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(context())
+    assert deferred.value.trigger.serialize()[1]["existing_sha256"] == before["sha256"]
+
+
+def test_deferral_over_another_requests_image_names_none(tmp_path, emulator):
+    from airflow.sdk.exceptions import TaskDeferred
+
+    out = str(tmp_path / "fixed.png")
+    MaiGenerateImageOperator(task_id="g", prompt="a kite", output_path=out).execute(context())
+    op = MaiGenerateImageOperator(task_id="g", prompt="a heron", output_path=out, deferrable=True)
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(context())
+    assert deferred.value.trigger.serialize()[1]["existing_sha256"] is None
