@@ -72,6 +72,13 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
         "a cut-off answer, a 5xx): the service may have made and billed that image. Default true.",
         "schema": {"type": ["boolean", "null"], "default": True},
     },
+    "deferrable": {
+        "label": "Deferrable",
+        "description": "How tasks on this connection run when they do not say: true sends each request "
+        "from the triggerer (needs output_path), false holds a worker slot. Empty: [operators] "
+        "default_deferrable. A task's own deferrable= wins.",
+        "schema": {"type": ["boolean", "null"]},
+    },
     "max_response_mb": {
         "label": "Largest answer (MB)",
         "description": "Cap on one response body after decompression (a 1024x1024 answer is 2-4 MB).",

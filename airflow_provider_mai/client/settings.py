@@ -51,6 +51,9 @@ class MaiSettings:
     :param max_input_bytes: the largest edit input read.
     :param retry_sent_requests: retry a request that was fully sent and then failed (it may have
         been billed): a timeout, a cut-off answer, a 5xx.
+    :param deferrable: the operators' mode when a task does not say (extra ``deferrable``): True
+        sends from the triggerer, False holds a worker slot; None (not set) leaves it to
+        ``[operators] default_deferrable``.
     :param allow_http_inputs: accept ``http(s)://`` URLs as edit input (off: the worker fetches no URL
         a template renders).
     :param tenant_id: Entra ID service principal: the directory (tenant) id, a GUID or a domain.
@@ -83,6 +86,7 @@ class MaiSettings:
     max_input_bytes: int = int(DEFAULT_MAX_INPUT_MB * MIB)
     retry_sent_requests: bool = True
     allow_http_inputs: bool = False
+    deferrable: bool | None = None
 
     @property
     def connect_timeout(self) -> float:
@@ -146,6 +150,7 @@ class MaiSettings:
             ),
             retry_sent_requests=extras.flag("retry_sent_requests", True),
             allow_http_inputs=extras.flag("allow_http_inputs", False),
+            deferrable=extras.optional_flag("deferrable"),
         )
 
 
@@ -202,9 +207,14 @@ class _Extras:
         return number
 
     def flag(self, name: str, default: bool) -> bool:
+        value = self.optional_flag(name)
+        return default if value is None else value
+
+    def optional_flag(self, name: str) -> bool | None:
+        """True or False (a JSON boolean, or text such as ``"true"``/``"false"``); None when unset."""
         value = self.raw(name)
         if value is None:
-            return default
+            return None
         if isinstance(value, bool):
             return value
         text = str(value).strip().lower()

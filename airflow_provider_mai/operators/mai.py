@@ -71,8 +71,10 @@ class MaiBaseImageOperator(BaseOperator):
         ``{"auto_aspect_ratio": True}``.
     :param mai_conn_id: the Airflow connection of type ``mai``.
     :param deferrable: send the request from the triggerer instead of holding a worker slot while
-        the image is made (default: ``[operators] default_deferrable``, else False). Needs
-        ``output_path`` and a running triggerer; see docs/deferral.md.
+        the image is made. Needs ``output_path`` and a running triggerer; see docs/deferral.md.
+        None (default): the connection's ``deferrable`` extra, else ``[operators]
+        default_deferrable``, else False - read when the task runs; a task without ``output_path``
+        then runs synchronously (it says so in its log).
     """
 
     template_fields: Sequence[str] = ("prompt", "model", "output_path", "extra_params", "mai_conn_id")
@@ -92,7 +94,7 @@ class MaiBaseImageOperator(BaseOperator):
         naming: str = "run",
         extra_params: dict[str, Any] | None = None,
         mai_conn_id: str = "mai_default",
-        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        deferrable: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -132,7 +134,7 @@ class MaiBaseImageOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         request = self._request()
         location = self._location(context, request)
-        if self.deferrable:
+        if self._deferring(location):
             if location is None:
                 raise MaiValidationError(_NO_OUTPUT_PATH)
             reused = self._reusable(request, location)
@@ -142,6 +144,23 @@ class MaiBaseImageOperator(BaseOperator):
         else:
             self._record = self._produce(request, location)
         return self._record.to_xcom()
+
+    def _deferring(self, location: ObjectStoragePath | None) -> bool:
+        """Whether this run defers: the task's ``deferrable``, else the connection's extra, else
+        ``[operators] default_deferrable``. A default does not apply to a task that cannot defer
+        (no ``output_path``: the PNG travels in XCom), which runs synchronously."""
+        if self.deferrable is not None:
+            return bool(self.deferrable)
+        from_connection = self.hook.settings.deferrable
+        if from_connection is not None:
+            chosen, source = from_connection, f"connection {self.mai_conn_id!r} (extra deferrable)"
+        else:
+            chosen = conf.getboolean("operators", "default_deferrable", fallback=False)
+            source = "[operators] default_deferrable"
+        if chosen and location is None:
+            self.log.info("%s asks for deferral; without output_path this task runs synchronously", source)
+            return False
+        return chosen
 
     def _defer(self, request: ImageRequest, location: ObjectStoragePath) -> NoReturn:
         """Hand the request to the triggerer with small kwargs (no key, token or bytes)."""

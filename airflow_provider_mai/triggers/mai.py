@@ -6,6 +6,11 @@ bytes). Here the connection is read through the triggerer's supervisor, a result
 for this request is reused (a restart after the write), else the request is sent with the client's
 rules, the PNG and sidecar are written through :mod:`airflow_provider_mai.storage` (blocking I/O off
 the event loop) and ONE small event comes back: the record, or the error to raise on resume.
+
+A restart before the write is seen through an in-flight marker beside the output (written before
+sending, removed once an outcome is reported): a run that finds one of its request re-sends it,
+logged as possibly billed and counted in ``attempts``, or - ``retry_sent_requests=false`` - fails
+at once with :class:`~airflow_provider_mai.exceptions.MaiUnfinishedRequestError`.
 """
 
 from __future__ import annotations
@@ -228,7 +233,9 @@ class MaiImageTrigger(BaseTrigger):
 
         settings = await self._settings()
         request = await asyncio.to_thread(self._request, settings)
-        location = storage.open_location(self.output_uri)
+        # Off the event loop: an ObjectStoragePath made on it cannot read its store's connection
+        # (an s3:// path then goes without credentials: NoCredentialsError).
+        location = await asyncio.to_thread(storage.open_location, self.output_uri)
         # A restart after the write: this request's image is there already - never send it twice.
         reused, _why = await asyncio.to_thread(
             storage.find_reusable,

@@ -11,6 +11,7 @@ from airflow_provider_mai.emulator import Fault
 from airflow_provider_mai.exceptions import (
     MaiAuthenticationError,
     MaiBadRequestError,
+    MaiConfigurationError,
     MaiValidationError,
 )
 from airflow_provider_mai.hooks.mai import MaiHook, MaiImage
@@ -203,3 +204,17 @@ def test_hook_class_attributes_follow_airflow_conventions():
     # The form is declarative (provider info), not the pre-3.2 hook methods.
     assert "get_ui_field_behaviour" not in vars(MaiHook)
     assert "get_connection_form_widgets" not in vars(MaiHook)
+
+
+# -- the deferrable extra --------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("value", "read"), [(True, True), ("true", True), (" False ", False), (False, False), (None, None)]
+)
+def test_the_deferrable_extra_is_read_as_a_flag_or_unset(connect, value, read):
+    assert MaiHook(connect("mai_modes", extra={"deferrable": value})).settings.deferrable is read
+
+
+@pytest.mark.parametrize("value", ["sometimes", 2, [True], {"on": True}])
+def test_a_deferrable_extra_that_is_no_flag_is_refused_naming_the_connection(connect, value):
+    with pytest.raises(MaiConfigurationError, match=r"connection 'mai_modes'.*'deferrable'"):
+        assert MaiHook(connect("mai_modes", extra={"deferrable": value})).settings.deferrable is None

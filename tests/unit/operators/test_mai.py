@@ -414,3 +414,50 @@ def test_deferral_over_another_requests_image_names_none(tmp_path, emulator):
     with pytest.raises(TaskDeferred) as deferred:
         op.execute(context())
     assert deferred.value.trigger.serialize()[1]["existing_sha256"] is None
+
+
+# -- where deferrable comes from: the task > the connection's extra > [operators] default_deferrable --
+@pytest.mark.parametrize(
+    ("argument", "extra", "default", "defers"),
+    [
+        (False, True, "True", False),  # the task's own argument wins
+        (True, False, "False", True),
+        (None, True, "False", True),  # then the connection
+        (None, False, "True", False),
+        (None, None, "True", True),  # then the configuration
+        (None, None, None, False),  # else synchronous
+    ],
+)
+def test_deferrable_comes_from_the_task_then_the_connection_then_the_config(
+    connect, emulator, monkeypatch, tmp_path, argument, extra, default, defers
+):
+    from airflow.sdk.exceptions import TaskDeferred
+
+    connect(extra={"deferrable": extra})
+    if default is None:
+        monkeypatch.delenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", raising=False)
+    else:
+        monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", default)
+    op = MaiGenerateImageOperator(
+        task_id="g", prompt="a kite", output_path=f"{tmp_path}/", deferrable=argument
+    )
+    if defers:
+        with pytest.raises(TaskDeferred):
+            op.execute(context())
+        assert emulator.requests == []
+    else:
+        assert op.execute(context())["uri"] and len(emulator.requests) == 1
+
+
+def test_a_default_deferral_does_not_apply_to_a_task_without_output_path(connect, emulator, monkeypatch):
+    connect(extra={"deferrable": "true"})
+    result = MaiGenerateImageOperator(task_id="g", prompt="a kite").execute(context())
+    assert result["b64_json"] and len(emulator.requests) == 1
+
+
+def test_a_bad_deferrable_extra_fails_the_task_naming_the_connection(connect, emulator, tmp_path):
+    connect(extra={"deferrable": "perhaps"})
+    op = MaiGenerateImageOperator(task_id="g", prompt="a kite", output_path=f"{tmp_path}/")
+    with pytest.raises(MaiConfigurationError, match=r"connection 'mai_default'.*'deferrable'"):
+        op.execute(context())
+    assert emulator.requests == []

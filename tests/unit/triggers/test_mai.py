@@ -104,13 +104,21 @@ def _marker_of(tmp_path):
     return storage.read_inflight(storage.open_location(str(tmp_path / "out.png")))
 
 
-def _killed_mid_request_then_rerun(tmp_path, emulator):
+def _keys(moto_s3, bucket):
+    from tests.support.storage_servers import s3_client
+
+    listed = s3_client(moto_s3).list_objects_v2(Bucket=bucket).get("Contents", [])
+    return sorted(item["Key"] for item in listed)
+
+
+def _killed_mid_request_then_rerun(tmp_path, emulator, **kwargs):
     """Run a trigger until the emulator holds its request, cancel its task (what a killed triggerer
-    looks like to the next one), then run a fresh trigger with the same kwargs: its first event."""
+    looks like to the next one), then run a fresh trigger with the same kwargs: the marker left
+    (output in ``tmp_path``), the second run's first event, and how many requests were sent."""
     emulator.inject(Fault(status=None, delay=120))  # the first request hangs: the "killed" one
 
     async def scenario():
-        first = asyncio.ensure_future(anext(_trigger(tmp_path).run()))
+        first = asyncio.ensure_future(anext(_trigger(tmp_path, **kwargs).run()))
         for _ in range(1000):  # bounded: until the request is at the emulator (or the run ended)
             if emulator.requests or first.done():
                 break
@@ -119,9 +127,12 @@ def _killed_mid_request_then_rerun(tmp_path, emulator):
         first.cancel()
         with pytest.raises(asyncio.CancelledError):
             await first
-        left = _marker_of(tmp_path)
+        left = await asyncio.to_thread(
+            storage.read_inflight,
+            storage.open_location(kwargs.get("output_uri") or str(tmp_path / "out.png")),
+        )
         try:
-            again = await anext(_trigger(tmp_path).run())
+            again = await anext(_trigger(tmp_path, **kwargs).run())
         finally:
             sent = len(emulator.requests)
             # The cancelled run's thread still waits on its answer (the sync stand-in client): end it.
@@ -232,3 +243,14 @@ def test_the_image_the_task_was_asked_to_overwrite_is_not_reused_but_a_later_one
     later = _first_event(_trigger(tmp_path, existing_sha256="0" * 64))
     assert later["record"]["reused"] and later["record"]["sha256"] == first["sha256"]
     assert len(emulator.requests) == 2
+
+
+def test_on_s3_the_marker_is_one_object_beside_the_output_and_a_rerun_reads_it(
+    tmp_path, emulator, s3_bucket, moto_s3
+):
+    out = f"{s3_bucket}/shots/out.png"
+    left, payload, sent = _killed_mid_request_then_rerun(tmp_path, emulator, output_uri=out)
+    assert left is not None and left["attempts"] == 1
+    assert payload["status"] == "success" and payload["record"]["attempts"] == 2 and sent == 2
+    # The marker was one put and is one delete: only the PNG and its sidecar are left.
+    assert _keys(moto_s3, s3_bucket.rsplit("@", 1)[1]) == ["shots/out.json", "shots/out.png"]
