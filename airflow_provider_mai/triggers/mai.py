@@ -16,6 +16,8 @@ at once with :class:`~airflow_provider_mai.exceptions.MaiUnfinishedRequestError`
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import dataclasses
 import logging
 import os
@@ -35,6 +37,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 #: The most attempts an in-flight marker is believed to record (it is read back from storage).
 _MAX_MARKED_ATTEMPTS = 1000
+#: Threads of the stand-in transport below, one per request in flight: as many as a triggerer's
+#: default ``[triggerer] capacity``. asyncio's default executor has min(32, cores + 4) threads - 6
+#: on 2 cores - and also runs the trigger's short file I/O: requests waiting there capped a
+#: triggerer at 6 in flight (seen on the stack: the 7th POST of a batch left 51 s after the 6th).
+SEND_THREADS = 1000
+_senders: concurrent.futures.ThreadPoolExecutor | None = None
 
 
 async def send_request(settings: MaiSettings, request: ImageRequest, logger: Any) -> MaiImage:
@@ -51,7 +59,12 @@ async def send_request(settings: MaiSettings, request: ImageRequest, logger: Any
         finally:
             client.close()
 
-    return await asyncio.to_thread(run)
+    global _senders
+    if _senders is None:  # threads start as needed, up to SEND_THREADS
+        _senders = concurrent.futures.ThreadPoolExecutor(SEND_THREADS, thread_name_prefix="mai-send")
+    # As asyncio.to_thread does: the thread sees this task's context (the trigger's log routing).
+    context = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(_senders, context.run, run)
 
 
 def error_payload(exc: BaseException) -> dict[str, Any]:
