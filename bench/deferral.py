@@ -35,25 +35,21 @@ import subprocess
 import sys
 import threading
 import uuid
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from _common import latency_range, running_stack  # noqa: E402  (bench/)
 from stack import airflow as stack_airflow  # noqa: E402  (scripts/stack/)
 from stack import config, processes, rest, state  # noqa: E402
-from stack_burst import worker_slots  # noqa: E402  (bench/)
+from stack_burst import instant, worker_slots  # noqa: E402  (bench/)
 
 MODES = {"sync": "mai_stack_chain", "deferred": "mai_stack_chain_deferred"}
 #: Worker slots of the stack (``MAI_STACK_WORKER_CONCURRENCY`` per worker; the deferred mode's).
 STACK_SLOTS_PER_WORKER = 4
 MEASURED = ("triggerer", *config.WORKERS)
-
-
-def instant(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def trees(stack: state.Stack, names: tuple[str, ...]) -> dict[str, list[processes.Process]]:
@@ -68,20 +64,6 @@ def trees(stack: state.Stack, names: tuple[str, ...]) -> dict[str, list[processe
                 }.values()
             )
     return found
-
-
-def rss_kib(pids: list[int]) -> int:
-    """Resident set size of these processes added up, in KiB."""
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-                    break
-        except (OSError, ValueError):
-            continue
-    return total
 
 
 def cpu_ticks(stack: state.Stack, names: tuple[str, ...]) -> dict[tuple[str, int, int], int]:
@@ -121,7 +103,11 @@ class Sampler:
         found = trees(self.stack, MEASURED)
         triggerer = [p.pid for p in found.get("triggerer", [])]
         everyone = [p.pid for members in found.values() for p in members]
-        return processes.pss_kib(everyone), processes.pss_kib(triggerer), rss_kib(triggerer)
+        return (
+            processes.pss_kib(everyone),
+            processes.pss_kib(triggerer),
+            processes.rollup_kib(triggerer, "Rss"),
+        )
 
     def _run(self) -> None:
         while not self._stop.wait(1.0):
@@ -228,13 +214,8 @@ def main() -> None:
     modes = [m for m in args.modes.split(",") if m]
     if unknown := sorted(set(modes) - set(MODES)):
         parser.error(f"unknown modes: {', '.join(unknown)}")
-    low, _, high = args.latency.partition("-")
-    latency = (float(low), float(high or low))
-
-    stack = state.Stack()
-    if stack.running("api-server") is None:
-        raise SystemExit("the stack is not up: bash scripts/stack.sh up")
-    api = stack.api()
+    latency = latency_range(args.latency)
+    stack, api = running_stack()
     print(
         f"R = {args.rpm} RPM, N = {args.n} generations, latency {args.latency} s, paced (Redis)", flush=True
     )

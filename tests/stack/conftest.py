@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -194,12 +195,13 @@ def metadata_rows(stack: state.Stack, query: str, *params: Any) -> list[tuple]:
         connection.close()
 
 
-def task_log_text(stack: state.Stack, dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
-    """Every log file of a task instance, all tries, the triggerer's part included (it writes
-    ``attempt=N.log.trigger.<job>.log`` beside the worker's ``attempt=N.log``)."""
-    folder = stack.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
-    folder = folder / f"map_index={map_index}" if map_index >= 0 else folder
-    return "\n".join(p.read_text(errors="replace") for p in sorted(folder.glob("attempt=*")) if p.is_file())
+def task_log(
+    api: rest.AirflowApi, dag_id: str, run_id: str, task_id: str, map_index: int, try_number: int
+) -> str:
+    """A try's log as the UI shows it (REST API): the worker's part and the triggerer's."""
+    run = urllib.parse.quote(run_id)
+    path = f"/api/v2/dags/{dag_id}/dagRuns/{run}/taskInstances/{task_id}/logs/{try_number}"
+    return json.dumps(api.get(path, map_index=map_index)["content"])
 
 
 def instant(text: str) -> datetime:
