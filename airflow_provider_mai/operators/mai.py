@@ -176,15 +176,7 @@ class MaiBaseImageOperator(BaseOperator):
         if self.if_exists == "overwrite":
             # The image asked to be replaced may answer this very request: the trigger must not
             # return it as its result (only an image written after deferral, by a restarted trigger).
-            from airflow_provider_mai import storage
-
-            settings = self.hook.settings
-            existing, _why = storage.find_reusable(
-                location,
-                request.fingerprint,
-                endpoint=settings.endpoint,
-                max_bytes=settings.max_response_bytes,
-            )
+            existing, _why = self._matching(request, location)
             existing_sha256 = existing.sha256 if existing is not None else None
         trigger = MaiImageTrigger(
             mai_conn_id=self.mai_conn_id,
@@ -240,6 +232,15 @@ class MaiBaseImageOperator(BaseOperator):
             )
         return storage.resolve_output_path(self.output_path, name)
 
+    def _matching(self, request: ImageRequest, location: ObjectStoragePath) -> tuple[ImageRecord | None, str]:
+        """The record of an intact image at ``location`` that answers ``request`` (else None), and why."""
+        from airflow_provider_mai import storage
+
+        settings = self.hook.settings
+        return storage.find_reusable(
+            location, request.fingerprint, endpoint=settings.endpoint, max_bytes=settings.max_response_bytes
+        )
+
     def _reusable(self, request: ImageRequest, location: ObjectStoragePath) -> ImageRecord | None:
         """Everything before the request: the output checked, ``if_exists`` applied; a reusable
         earlier image's record, else None (send)."""
@@ -249,13 +250,7 @@ class MaiBaseImageOperator(BaseOperator):
         if self.if_exists == "fail" and location.exists():
             raise MaiOutputExistsError(f"{location} already exists and if_exists='fail'")
         if self.if_exists == "skip":
-            settings = self.hook.settings
-            reused, why = storage.find_reusable(
-                location,
-                request.fingerprint,
-                endpoint=settings.endpoint,
-                max_bytes=settings.max_response_bytes,
-            )
+            reused, why = self._matching(request, location)
             if reused is not None:
                 self.log.info("%s already holds this request's image; skipped (no quota spent)", location)
                 return reused

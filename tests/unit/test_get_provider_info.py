@@ -78,6 +78,7 @@ def test_providers_manager_sees_the_connection_type_and_form():
         "managed_identity_client_id",
         "timeout",
         "max_retries",
+        "deferrable",
     ):
         assert f"extra__mai__{name}" in widgets
     assert widgets["extra__mai__client_secret"].is_sensitive

@@ -119,7 +119,7 @@ def _killed_mid_request_then_rerun(tmp_path, emulator, **kwargs):
 
     async def scenario():
         first = asyncio.ensure_future(anext(_trigger(tmp_path, **kwargs).run()))
-        for _ in range(1000):  # bounded: until the request is at the emulator (or the run ended)
+        for _ in range(3000):  # bounded: until the request is at the emulator (or the run ended)
             if emulator.requests or first.done():
                 break
             await asyncio.sleep(0.01)
@@ -198,7 +198,7 @@ def test_the_marker_is_there_while_sending_and_names_no_secret(tmp_path, emulato
 
     async def scenario():
         run = asyncio.ensure_future(anext(_trigger(tmp_path).run()))
-        for _ in range(1000):
+        for _ in range(3000):
             if emulator.requests or run.done():
                 break
             await asyncio.sleep(0.01)
