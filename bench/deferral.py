@@ -10,7 +10,7 @@ counted: ``include_deferred``), and runs N generations (``mai_stack_chain`` or
 - ``sync``: each request holds a worker slot; the workers are restarted with ``--sync-slots``
   slots in all (default 32: what this 2-core machine takes; filling R would need R x latency / 60);
 - ``deferred``: the worker defers at once and the triggerer holds the requests; the workers run
-  with the stack's 4 slots each.
+  with ``--deferred-slots`` (default 8: the stack's 4 each), which only start and resume tasks.
 
 Figures, per mode:
 
@@ -24,7 +24,7 @@ Figures, per mode:
 - the most requests in flight at the emulator, failed images, the share of requests answered 429,
   wall time.
 
-    python bench/deferral.py [--n 120 --rpm 180 --latency 25-35 --sync-slots 32 --modes sync,deferred]
+    python bench/deferral.py [--n 120 --rpm 180 --latency 25-35 --sync-slots 32 --deferred-slots 8]
 """
 
 from __future__ import annotations
@@ -209,6 +209,9 @@ def main() -> None:
     )
     parser.add_argument("--latency", default="25-35", help="seconds per answer, LOW-HIGH (25-35)")
     parser.add_argument("--sync-slots", type=int, default=32, help="worker slots in all for sync (32)")
+    parser.add_argument(
+        "--deferred-slots", type=int, default=8, help="worker slots in all for deferred (8: the stack's)"
+    )
     parser.add_argument("--modes", default="sync,deferred", help="comma-separated: " + ",".join(MODES))
     args = parser.parse_args()
     modes = [m for m in args.modes.split(",") if m]
@@ -222,7 +225,7 @@ def main() -> None:
     rows = []
     try:
         for mode in modes:
-            slots = args.sync_slots if mode == "sync" else STACK_SLOTS_PER_WORKER * len(config.WORKERS)
+            slots = args.sync_slots if mode == "sync" else args.deferred_slots
             set_worker_slots(stack, slots)
             stack = state.Stack()  # the restarted workers' PIDs
             rows.append(run(stack, api, mode, args.n, args.rpm, latency))
