@@ -10,6 +10,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "bench-key"
@@ -46,3 +47,20 @@ def connection_json(url: str, **extra: object) -> str:
             "extra": {"deployment": "mai-image-2-5", **extra},
         }
     )
+
+
+def latency_range(text: str) -> tuple[float, float]:
+    """A ``--latency`` option: ``LOW-HIGH`` seconds, or one figure for both."""
+    low, _, high = text.partition("-")
+    return float(low), float(high or low)
+
+
+def running_stack() -> tuple[Any, Any]:
+    """The stack's state and its REST API (scripts/stack/); exit when the stack is not up."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from stack import state
+
+    stack = state.Stack()
+    if stack.running("api-server") is None:
+        raise SystemExit("the stack is not up: bash scripts/stack.sh up")
+    return stack, stack.api()

@@ -41,6 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from _common import latency_range, running_stack  # noqa: E402  (bench/)
 from stack import airflow as stack_airflow  # noqa: E402  (scripts/stack/)
 from stack import config, rest, state  # noqa: E402  (scripts/stack/)
 
@@ -140,13 +141,8 @@ def main() -> None:
     unknown = sorted(set(settings) - set(SETTINGS))
     if unknown:
         parser.error(f"unknown settings: {', '.join(unknown)}")
-    low, _, high = args.latency.partition("-")
-    latency = (float(low), float(high or low))
-
-    stack = state.Stack()
-    if stack.running("api-server") is None:
-        raise SystemExit("the stack is not up: bash scripts/stack.sh up")
-    api = stack.api()
+    latency = latency_range(args.latency)
+    stack, api = running_stack()
     print(
         f"R = {args.rpm} RPM, N = {args.images} images, latency {args.latency} s, pool {args.pool}, "
         f"2 Celery workers x {config.setting('WORKER_CONCURRENCY', '4')} slots",

@@ -2,7 +2,7 @@
 # A production-shaped Airflow on this machine (CeleryExecutor workers, PostgreSQL, Redis, the MAI
 # emulator), everything on 127.0.0.1:
 #   bash scripts/stack.sh up [--dags DIR] [--connection ID=URI] [--connections-file FILE]
-#   bash scripts/stack.sh status [--json] | trigger DAG_ID [CONF_JSON] | down [--purge]
+#   bash scripts/stack.sh status [--json] | trigger DAG_ID [CONF_JSON] | restart COMPONENT... | down [--purge]
 #   bash scripts/stack.sh COMMAND --help
 # `up` first makes sure the provider and its `stack` extra are installed in the project's
 # virtualenv (.venv); help never installs anything. Paths you give are from your current folder.

@@ -46,6 +46,14 @@ BURST_TOLERANCE = {
     # running" and the try fails before it ran. 20 s stays under the 30 s heartbeat timeout above.
     "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "20",
 }
+# The triggerer (deferrable tasks) runs with Airflow's defaults, on purpose (README, "Deferrable
+# mode on the stack"): [triggerer] capacity 1000 triggers is far above the 60-120 requests a
+# 180-RPM quota keeps in flight; triggerer_health_check_threshold 30 s is how long the triggers of
+# a killed triggerer wait before a new one claims them - lower would hand triggers over from a
+# triggerer merely starved of CPU for a moment on 2 cores; [operators] default_deferrable stays
+# false, so the examples are the synchronous baseline and a DAG asks for deferrable=True. Answers
+# arriving together resume their tasks on the workers together: a burst of task starts, which
+# BURST_TOLERANCE above covers.
 #: Settings that make a DAG file you add or change show up in seconds (see README).
 DAG_PARSING = {
     # A DAG bundle is listed for new and deleted files every refresh_interval seconds (default
@@ -282,7 +290,10 @@ def configure(stack: Stack, within: float, connections: Sequence[dict[str, Any]]
     if mine:
         notes.append(f"your connections: {', '.join(sorted(mine))}")
     slots = int(setting("POOL_SLOTS", "6"))
-    api.put_pool(POOL, slots, "MAI image deployment quota (stack: scaled latency)")
+    # A quota pool counts deferred tasks too: without include_deferred a deferrable task leaves its
+    # slot while its request is in flight, and the pool would no longer bound requests in flight
+    # (the connection's rpm pacing, which runs in the trigger as well, still would).
+    api.put_pool(POOL, slots, "MAI image deployment quota (stack: scaled latency)", include_deferred=True)
 
     def parsed() -> str | None:
         missing = [d for d in ("mai_product_batch", "mai_daily_campaign") if not api.dag_exists(d)]

@@ -191,12 +191,29 @@ def down(purge: bool, stack: Stack | None = None) -> int:
     return 0
 
 
+def restart(names: list[str], within: float) -> int:
+    """Stop these Airflow components by PID (if they run) and start them again as ``up`` does;
+    wait until each is healthy (for a triggerer: heartbeating, so it takes over the triggers of the
+    one it replaces once that one's heartbeat is 30 s old)."""
+    started = time.monotonic()
+    stack = Stack()
+    if not stack.state.get("processes"):
+        raise StackError("the stack is not up: bash scripts/stack.sh up")
+    stack.stop([name for name in names if stack.running(name)])
+    start_airflow(stack, within)
+    pids = ", ".join(f"{name} {stack.processes[name].pid}" for name in names)
+    print(f"Restarted {pids} in {time.monotonic() - started:.1f} s.")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the command; the exit status (2: a StackError, printed)."""
     parser = argparse.ArgumentParser(
         prog="scripts/stack.sh", description=(package.__doc__ or "").split("\n\n")[0]
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{up,status,trigger,down}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="{up,status,trigger,restart,down}"
+    )
     up_parser = commands.add_parser(
         "up",
         help="start the stack (only what is not running)",
@@ -231,6 +248,14 @@ def main(argv: list[str] | None = None) -> int:
     trigger_parser.add_argument("dag_id")
     trigger_parser.add_argument("conf", nargs="?", help="the run's conf, a JSON object")
     trigger_parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait (1800)")
+    restart_parser = commands.add_parser(
+        "restart",
+        help="stop Airflow components by PID and start them again",
+        description="Stop these Airflow components (by the PIDs the stack started; SIGKILL after 20 s) "
+        "and start them again as `up` does, then wait until each is healthy. Also starts one that "
+        "died or was killed.",
+    )
+    restart_parser.add_argument("components", nargs="+", choices=Stack.AIRFLOW, metavar="COMPONENT")
     down_parser = commands.add_parser("down", help="stop every process of the stack")
     down_parser.add_argument("--purge", action="store_true", help="also delete the state folder")
     commands.add_parser("emulator", help=argparse.SUPPRESS)
@@ -242,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
             return status(args.json)
         if args.command == "trigger":
             return trigger(args.dag_id, args.conf, args.timeout)
+        if args.command == "restart":
+            return restart(args.components, float(setting("READY_WITHIN", "180")))
         if args.command == "down":
             return down(args.purge)
         return run_emulator()

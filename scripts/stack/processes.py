@@ -109,11 +109,16 @@ def process_tree(pid: int) -> list[Process]:
 
 def pss_kib(pids: Iterable[int]) -> int:
     """Proportional set size of these processes together, in KiB (shared pages counted once)."""
+    return rollup_kib(pids, "Pss")
+
+
+def rollup_kib(pids: Iterable[int], field: str) -> int:
+    """A field of ``/proc/PID/smaps_rollup`` (``Pss``, ``Rss``...) added up over these processes, in KiB."""
     total = 0
     for pid in pids:
         try:
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
+                if line.startswith(f"{field}:"):
                     total += int(line.split()[1])
                     break
         except (OSError, ValueError):

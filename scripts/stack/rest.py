@@ -61,9 +61,18 @@ class AirflowApi:
         """Create or replace a connection."""
         self._put("connections", connection["connection_id"], connection)
 
-    def put_pool(self, name: str, slots: int, description: str = "") -> None:
-        """Create a pool or set its size."""
-        body = {"name": name, "slots": slots, "description": description, "include_deferred": False}
+    def put_pool(
+        self, name: str, slots: int, description: str = "", *, include_deferred: bool = True
+    ) -> None:
+        """Create a pool or set its size. ``include_deferred``: deferred tasks keep their slot (a
+        quota pool needs it: without it a deferrable task leaves the pool while its request is in
+        flight, and the pool no longer bounds requests in flight)."""
+        body = {
+            "name": name,
+            "slots": slots,
+            "description": description,
+            "include_deferred": include_deferred,
+        }
         self._put("pools", name, body)
 
     def get_or_none(self, path: str, **query: Any) -> Any:

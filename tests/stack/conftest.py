@@ -15,8 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -154,6 +156,52 @@ def stray_files(folder: Path) -> list[Path]:
         for p in folder.rglob("*")
         if p.is_file() and (p.name.startswith(".") or p.suffix not in (".png", ".json"))
     ]
+
+
+def kill_process_tree(process: processes.Process) -> list[processes.Process]:
+    """Freeze a component's whole process tree (so nothing forks meanwhile), then SIGKILL all of it,
+    as when its host or pod dies; the processes killed."""
+    frozen: dict[int, processes.Process] = {}
+    for _ in range(20):  # bounded: look again for children forked before their parent froze
+        new = [p for p in processes.process_tree(process.pid) if p.pid not in frozen]
+        if not new:
+            break
+        for p in new:
+            p.signal(signal.SIGSTOP)
+            frozen[p.pid] = p
+    for p in frozen.values():
+        p.signal(signal.SIGKILL)
+    assert processes.all_ended(list(frozen.values()), 10)
+    return list(frozen.values())
+
+
+def metadata_rows(stack: state.Stack, query: str, *params: Any) -> list[tuple]:
+    """Rows of a query on the stack's metadata database (PostgreSQL)."""
+    import psycopg2
+
+    connection = psycopg2.connect(
+        host=config.LOOPBACK,
+        port=stack.ports["postgres"],
+        user="airflow",
+        dbname="airflow",
+        password=stack.secrets["postgres_password"],
+        connect_timeout=3,
+    )
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(query, params)
+            return list(cursor.fetchall())
+    finally:
+        connection.close()
+
+
+def task_log(
+    api: rest.AirflowApi, dag_id: str, run_id: str, task_id: str, map_index: int, try_number: int
+) -> str:
+    """A try's log as the UI shows it (REST API): the worker's part and the triggerer's."""
+    run = urllib.parse.quote(run_id)
+    path = f"/api/v2/dags/{dag_id}/dagRuns/{run}/taskInstances/{task_id}/logs/{try_number}"
+    return json.dumps(api.get(path, map_index=map_index)["content"])
 
 
 def instant(text: str) -> datetime:

@@ -10,7 +10,6 @@ them: frozen with SIGSTOP, then SIGKILL), as when a host or pod dies. The stack'
 from __future__ import annotations
 
 import json
-import signal
 import urllib.parse
 from datetime import datetime, timezone
 
@@ -19,6 +18,7 @@ import pytest
 from tests.stack.conftest import (
     MEASUREMENTS,
     instant,
+    kill_process_tree,
     processes,
     stack_airflow,
     stack_command,
@@ -31,22 +31,6 @@ pytestmark = pytest.mark.stack
 PRODUCTS = [f"Product shot {i}: a linen tote bag printed with pattern {i}" for i in range(12)]
 VICTIM = "worker1"
 MAI_TASKS = ("generate", "edit")
-
-
-def kill_worker(process: processes.Process) -> list[processes.Process]:
-    """Freeze the worker's whole process tree (so nothing forks meanwhile), then SIGKILL all of it."""
-    frozen: dict[int, processes.Process] = {}
-    for _ in range(20):  # bounded: look again for children forked before their parent froze
-        new = [p for p in processes.process_tree(process.pid) if p.pid not in frozen]
-        if not new:
-            break
-        for p in new:
-            p.signal(signal.SIGSTOP)
-            frozen[p.pid] = p
-    for p in frozen.values():
-        p.signal(signal.SIGKILL)
-    assert processes.all_ended(list(frozen.values()), 10)
-    return list(frozen.values())
 
 
 @pytest.mark.timeout(900)
@@ -77,7 +61,7 @@ def test_a_worker_killed_mid_batch_loses_nothing(stack, api, output, stack_emula
     try:
         assert processes.wait_until(victim_is_busy, 240, 0.3) is None
         killed_at = datetime.now(timezone.utc)
-        killed = kill_worker(stack.running(VICTIM))
+        killed = kill_process_tree(stack.running(VICTIM))
         run = api.wait_for_run("mai_product_batch", run_id, 600)
     finally:
         stack_command("up", check=True)

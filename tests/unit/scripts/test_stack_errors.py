@@ -93,9 +93,20 @@ def test_commands_on_a_stack_that_is_not_up(monkeypatch, tmp_path, capsys):
     assert "not up" in capsys.readouterr().out
     assert cli.main(["trigger", "mai_product_batch"]) == 2
     assert "the stack is not up: bash scripts/stack.sh up" in capsys.readouterr().err
+    assert cli.main(["restart", "triggerer"]) == 2
+    assert "the stack is not up: bash scripts/stack.sh up" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args", [["up", "--help"], ["up", "-h"], ["trigger", "--help"], ["--help"]])
+def test_restart_takes_airflow_components_only(capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["restart", "postgres"])
+    assert exited.value.code == 2
+    assert "invalid choice: 'postgres'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args", [["up", "--help"], ["up", "-h"], ["trigger", "--help"], ["restart", "--help"], ["--help"]]
+)
 def test_help_never_installs(tmp_path, args):
     venv = tmp_path / "venv"  # no virtualenv there: an install would create it
     result = subprocess.run(

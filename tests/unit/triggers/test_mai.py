@@ -256,3 +256,20 @@ def test_on_s3_the_marker_is_one_object_beside_the_output_and_a_rerun_reads_it(
     assert payload["status"] == "success" and payload["record"]["attempts"] == 2 and sent == 2
     # The marker was one put and is one delete: only the PNG and its sidecar are left.
     assert _keys(moto_s3, s3_bucket.rsplit("@", 1)[1]) == ["shots/out.json", "shots/out.png"]
+
+
+def test_one_triggerer_holds_more_requests_in_flight_than_asyncio_default_threads(tmp_path, emulator):
+    # asyncio's default executor has min(32, cores + 4) threads: 6 on 2 cores capped a triggerer
+    # that sent from threads at 6 requests in flight. Requests wait on the event loop, not a thread.
+    from tests.support.emulator_requests import most_in_progress
+
+    count = 36
+    emulator.inject(Fault(status=None, delay=2.0), times=count)  # every answer after 2 s
+    triggers = [_trigger(tmp_path, output_uri=str(tmp_path / f"out-{i}.png")) for i in range(count)]
+
+    async def together():
+        return await asyncio.gather(*(anext(t.run()) for t in triggers))
+
+    events = asyncio.run(together())
+    assert [e.payload["status"] for e in events] == ["success"] * count
+    assert most_in_progress(emulator) == count
