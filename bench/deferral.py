@@ -24,7 +24,14 @@ Figures, per mode:
 - the most requests in flight at the emulator, failed images, the share of requests answered 429,
   wall time.
 
-    python bench/deferral.py [--n 120 --rpm 180 --latency 25-35 --sync-slots 32 --deferred-slots 8]
+A triggerer pays once for what its first triggers import and allocate (httpx, the client, the object
+store, thread stacks for file writes): ``--warmup K`` (default 8) first runs K deferred generations
+at a short latency and prints the triggerer's PSS before and after, so that the measured runs'
+idle baseline is a triggerer that has run a trigger (the cost per request in flight), and the
+first-use cost is a figure of its own. ``--warmup 0`` measures over a cold triggerer.
+
+    python bench/deferral.py [--n 120 --rpm 180 --latency 25-35 --sync-slots 32 --deferred-slots 8
+                              --warmup 8]
 """
 
 from __future__ import annotations
@@ -213,6 +220,9 @@ def main() -> None:
         "--deferred-slots", type=int, default=8, help="worker slots in all for deferred (8: the stack's)"
     )
     parser.add_argument("--modes", default="sync,deferred", help="comma-separated: " + ",".join(MODES))
+    parser.add_argument(
+        "--warmup", type=int, default=8, help="deferred generations before measuring (8; 0: cold)"
+    )
     args = parser.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     if unknown := sorted(set(modes) - set(MODES)):
@@ -224,6 +234,18 @@ def main() -> None:
     )
     rows = []
     try:
+        if args.warmup and "deferred" in modes:
+            set_worker_slots(stack, args.deferred_slots)
+            stack = state.Stack()
+            cold = Sampler(stack).sample()[1]
+            warm = run(stack, api, "deferred", args.warmup, args.rpm, (0.5, 1.0))
+            warmed = Sampler(stack).sample()[1]
+            print(
+                f"  warm-up: {args.warmup} deferred generations ({warm['failed']} failed); triggerer PSS "
+                f"{cold / 1024:.0f} -> {warmed / 1024:.0f} MiB "
+                f"(+{(warmed - cold) / 1024:.0f} MiB: first use)",
+                flush=True,
+            )
         for mode in modes:
             slots = args.sync_slots if mode == "sync" else args.deferred_slots
             set_worker_slots(stack, slots)
